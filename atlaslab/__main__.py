@@ -1,0 +1,3 @@
+from atlaslab.cli import main
+
+main()

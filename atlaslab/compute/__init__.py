@@ -1,0 +1,1 @@
+"""Compute: GPU inventory (and, later, Dask clusters)."""

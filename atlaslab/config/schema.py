@@ -1,0 +1,394 @@
+"""The site config schema: one typed file that describes a whole AtlasLab site.
+
+Every field carries a description; the reference docs (``atlaslab config docs``) and the Helm
+values schema are generated from these models, so they are the single source of truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from .units import Duration, Size
+
+Identifier = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$"),
+    Field(description="Lower-case letters, digits, '-' and '_'; starts with a letter or digit."),
+]
+Username = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$", strip_whitespace=True),
+]
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+LANGUAGES = ("en", "fr", "ar")
+
+
+class Model(BaseModel):
+    """Strict base: unknown keys are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Site(Model):
+    name: str = Field("AtlasLab", description="Name shown on the login page and in the browser title.")
+    url: AnyHttpUrl | None = Field(
+        None,
+        description="Public URL users type, e.g. https://lab.example.ma. Used for OAuth callback URLs;"
+        " leave empty to derive it from `bind`.",
+    )
+    bind: str = Field(
+        "127.0.0.1:8000",
+        description="Address and port the public proxy listens on, as HOST:PORT (0.0.0.0:443 behind TLS).",
+        pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$",
+    )
+    hub_port: int = Field(8081, ge=1, le=65535, description="Port of the hub itself on 127.0.0.1 (behind the proxy).")
+    proxy_api_port: int = Field(
+        8001, ge=1, le=65535, description="Port of the proxy's REST API on 127.0.0.1 (the hub adds routes there)."
+    )
+    base_url: str = Field(
+        "/", description="URL prefix of the whole workbench, e.g. /lab/ when it shares a domain.", pattern=r"^/"
+    )
+    state_dir: Path | None = Field(
+        None,
+        description="Directory for the hub database, secrets and logs. Default: /var/lib/atlaslab as root,"
+        " ~/.local/share/atlaslab otherwise. Relative paths are relative to the config file.",
+    )
+    admins: list[Username] = Field(default_factory=list, description="Hub administrators (usernames as they log in).")
+    languages: list[Literal["en", "fr", "ar"]] = Field(
+        default_factory=lambda: ["en"], description="JupyterLab languages offered; the first is the default."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _slash(cls, v: str) -> str:
+        return v if v.endswith("/") else v + "/"
+
+    @property
+    def bind_host(self) -> str:
+        return self.bind.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def bind_port(self) -> int:
+        return int(self.bind.rsplit(":", 1)[1])
+
+    @property
+    def public_url(self) -> str:
+        """The URL users reach, base URL included, without a trailing slash."""
+        if self.url is not None:
+            return str(self.url).rstrip("/")
+        host = self.bind_host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.bind_port}{self.base_url}".rstrip("/")
+
+
+class SecretRef(Model):
+    """Where a secret comes from. Secrets never live in the site config itself."""
+
+    env: str | None = Field(None, description="Name of an environment variable holding the secret.", pattern=ENV_NAME)
+    file: Path | None = Field(
+        None, description="File holding the secret (first line); relative to the config file; mode 0600."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of `env` (a variable name) or `file` (a path)")
+        return self
+
+
+class ProviderBase(Model):
+    id: Identifier | None = Field(
+        None,
+        description="Name of this login option, unique among providers; appears in callback URLs"
+        " (/hub/ID/oauth_callback) when several providers are listed. Default: the provider kind.",
+    )
+    title: str | None = Field(None, description="Label of this provider's button on the login page.")
+    tenant: Identifier | None = Field(
+        None, description="Tenant given to users who log in this way and belong to no tenant otherwise."
+    )
+    username_prefix: str = Field(
+        "",
+        description="Prefix added to every username from this provider (e.g. 'oidc:') so that two providers"
+        " cannot claim the same account.",
+        pattern=r"^[a-z0-9._:-]{0,16}$",
+    )
+
+    @property
+    def key(self) -> str:
+        return self.id or self.provider  # type: ignore[attr-defined]
+
+
+class NativeLogin(ProviderBase):
+    """Local accounts with passwords (jupyterhub-nativeauthenticator)."""
+
+    provider: Literal["native"]
+    open_signup: bool = Field(
+        False,
+        description="Let anyone who signs up log in at once. Default: an admin approves each sign-up at"
+        " /hub/authorize; users listed in the site config are approved automatically.",
+    )
+    minimum_password_length: int = Field(10, ge=6, description="Shortest password accepted at sign-up.")
+
+
+class SharedPasswordLogin(ProviderBase):
+    """One password for a whole workshop (JupyterHub's SharedPasswordAuthenticator)."""
+
+    provider: Literal["shared-password"]
+    password: SecretRef = Field(description="Where the shared user password is read from (at least 8 characters).")
+    admin_password: SecretRef | None = Field(
+        None, description="Optional separate password that makes the site admins admin on login."
+    )
+
+
+class Endpoints(Model):
+    authorize_url: AnyHttpUrl = Field(description="The provider's authorization endpoint.")
+    token_url: AnyHttpUrl = Field(description="The provider's token endpoint.")
+    userdata_url: AnyHttpUrl = Field(description="The endpoint returning the user's claims.")
+
+
+class OAuthBase(ProviderBase):
+    client_id: str = Field(description="OAuth client ID registered with the provider.", min_length=1)
+    client_secret: SecretRef = Field(description="Where the OAuth client secret is read from (env or file).")
+    scopes: list[str] | None = Field(None, description="OAuth scopes to request. Default: the provider's usual set.")
+    allow_all: bool = Field(False, description="Let every account of this provider log in.")
+    allowed_users: list[Username] = Field(default_factory=list, description="Accounts allowed to log in.")
+    endpoints: Endpoints | None = Field(
+        None,
+        description="Override the provider's endpoints (self-hosted GitHub Enterprise, a test provider)."
+        " Default: the provider's public endpoints.",
+    )
+
+    def allows_nobody(self) -> bool:
+        return not (self.allow_all or self.allowed_users or getattr(self, "allowed_groups", None))
+
+
+class GroupMapping(Model):
+    groups_claim: str | None = Field(
+        None, description="Claim holding the user's groups (dot-separated path, e.g. realm_access.roles)."
+    )
+    allowed_groups: list[str] = Field(default_factory=list, description="Provider groups whose members may log in.")
+    admin_groups: list[str] = Field(default_factory=list, description="Provider groups whose members are admins.")
+    group_to_tenant: dict[str, Identifier] = Field(
+        default_factory=dict, description="Provider group -> AtlasLab tenant, first match wins."
+    )
+
+
+class OIDCLogin(OAuthBase, GroupMapping):
+    """Any OpenID Connect provider, e.g. Keycloak (OAuthenticator's GenericOAuthenticator)."""
+
+    provider: Literal["oidc"]
+    issuer: AnyHttpUrl = Field(
+        description="Issuer URL; endpoints are discovered from ISSUER/.well-known/openid-configuration at start."
+    )
+    username_claim: str = Field("preferred_username", description="Claim used as the username.")
+
+
+class GitHubLogin(OAuthBase):
+    """GitHub or GitHub Enterprise accounts."""
+
+    provider: Literal["github"]
+    allowed_organizations: list[str] = Field(
+        default_factory=list, description="GitHub organisations (or org:team) whose members may log in."
+    )
+
+    def allows_nobody(self) -> bool:
+        return super().allows_nobody() and not self.allowed_organizations
+
+
+class GoogleLogin(OAuthBase):
+    """Google accounts, optionally restricted to Workspace domains."""
+
+    provider: Literal["google"]
+    hosted_domain: list[str] = Field(default_factory=list, description="Only accounts of these Workspace domains.")
+
+    def allows_nobody(self) -> bool:
+        return super().allows_nobody() and not self.hosted_domain
+
+
+class AzureADLogin(OAuthBase, GroupMapping):
+    """Microsoft Entra ID (Azure AD) accounts."""
+
+    provider: Literal["azuread"]
+    azure_tenant_id: str = Field(description="The directory (tenant) ID of the Entra ID organisation.", min_length=1)
+    username_claim: str = Field("preferred_username", description="Claim used as the username.")
+
+
+class Intra42Login(OAuthBase):
+    """The 42 network's intranet (1337 campuses): username from `login`, campus -> tenant."""
+
+    provider: Literal["intra42"]
+    campus_to_tenant: dict[str, Identifier] = Field(
+        default_factory=dict,
+        description="42 campus name (lower case, e.g. benguerir) -> tenant. Users of other campuses are refused"
+        " unless allow_all is set.",
+    )
+
+    def allows_nobody(self) -> bool:
+        return super().allows_nobody() and not self.campus_to_tenant
+
+
+LoginProvider = Annotated[
+    NativeLogin | SharedPasswordLogin | OIDCLogin | GitHubLogin | GoogleLogin | AzureADLogin | Intra42Login,
+    Field(discriminator="provider"),
+]
+OAUTH_PROVIDERS = ("oidc", "github", "google", "azuread", "intra42")
+
+
+class Tenant(Model):
+    title: str = Field(description="Display name, e.g. '1337 Benguerir'.")
+    kind: Literal["school", "institute", "research", "startup", "other"] = Field(
+        "other", description="What sort of organisation this is; used for defaults and reports."
+    )
+    environments: list[Identifier] = Field(
+        default_factory=list, description="Environments members of this tenant may start."
+    )
+    members: list[Username] = Field(
+        default_factory=list, description="Users placed in this tenant regardless of how they log in."
+    )
+    admins: list[Username] = Field(
+        default_factory=list,
+        description="Tenant administrators: may see, start and stop the servers of this tenant's users only.",
+    )
+    language: Literal["en", "fr", "ar"] | None = Field(None, description="Default JupyterLab language.")
+
+
+class Course(Model):
+    title: str = Field(description="Course name shown to students.")
+    tenant: Identifier = Field(description="Tenant that runs the course.")
+    instructors: list[Username] = Field(default_factory=list, description="Instructors of the course.")
+    tas: list[Username] = Field(default_factory=list, description="Teaching assistants of the course.")
+    students: list[Username] = Field(default_factory=list, description="Students listed inline.")
+    roster: Path | None = Field(
+        None,
+        description="CSV file with a `username` column (other columns ignored), relative to the config file;"
+        " its students are added to those listed inline.",
+    )
+    environments: list[Identifier] = Field(
+        default_factory=list, description="Extra environments the course's members may start."
+    )
+
+
+class Team(Model):
+    title: str | None = Field(None, description="Team name shown in the hub.")
+    tenant: Identifier = Field(description="Tenant the team belongs to.")
+    members: list[Username] = Field(default_factory=list, description="Team members.")
+    environments: list[Identifier] = Field(
+        default_factory=list, description="Extra environments the team's members may start."
+    )
+
+
+class GPURequest(Model):
+    count: int | None = Field(None, ge=1, le=16, description="Whole GPUs, exclusive to the server.")
+    mig: str | None = Field(
+        None, description="A MIG slice profile such as 1g.10gb or 3g.40gb.", pattern=r"^[1-7]g\.\d+gb$"
+    )
+    shared: int | None = Field(None, ge=2, le=64, description="Share one GPU between this many servers.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> GPURequest:
+        given = [k for k in ("count", "mig", "shared") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `count`, `mig` or `shared`")
+        return self
+
+
+class Environment(Model):
+    title: str | None = Field(None, description="Name on the start page. Default: derived from the id.")
+    description: str | None = Field(None, description="One line under the title on the start page.")
+    cpu: float = Field(1.0, gt=0, le=512, description="CPU cores the server and its kernels may use.")
+    memory: Size = Field(
+        2 * 1024**3, description="Memory limit of the server and its kernels together, e.g. 2G.", ge=128 * 1024**2
+    )
+    processes: int = Field(
+        512, ge=16, le=65536, description="Most processes and threads the server's account may run at once."
+    )
+    gpu: GPURequest | None = Field(None, description="GPUs for this environment; none for a CPU environment.")
+    image: str | None = Field(None, description="Container image on Kubernetes; ignored on one machine.")
+    default: bool = Field(False, description="Preselected on the start page.")
+
+    def display_title(self, key: str) -> str:
+        return self.title or key.replace("-", " ").replace("_", " ").capitalize()
+
+
+class Limits(Model):
+    idle_cull_after: Duration = Field(3600, description="Stop servers idle this long (e.g. 1h); 0 disables.")
+    max_server_age: Duration = Field(0, description="Stop servers older than this whatever they do; 0 disables.")
+    max_servers: int = Field(0, ge=0, description="Most servers running at once on the site; 0 means no limit.")
+    concurrent_spawns: int = Field(20, ge=1, description="Most servers starting at the same moment.")
+    start_timeout: Duration = Field(120, description="Give up on a server that has not started after this long.")
+
+
+class Spawner(Model):
+    isolation: Literal["auto", "system-users", "none"] = Field(
+        "auto",
+        description="system-users: each user gets a system account jupyter-NAME and resource limits (needs root)."
+        " none: every server runs as the hub's own account (development only, users are NOT isolated)."
+        " auto: system-users when the hub runs as root, none otherwise.",
+    )
+    default_url: str = Field("/lab", description="Page a user lands on in their server.", pattern=r"^/")
+    home_root: Path = Field(Path("/home"), description="Where system-user home directories are created.")
+
+
+class ExtraService(Model):
+    name: Identifier = Field(description="Service name; reachable at /services/NAME/ if it has a URL.")
+    command: list[str] = Field(description="Command the hub starts and keeps running.", min_length=1)
+    port: int | None = Field(None, ge=1, le=65535, description="Port on 127.0.0.1 the service listens on.")
+    scopes: list[str] = Field(default_factory=list, description="Hub API scopes granted to the service's token.")
+    environment: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+
+
+class Services(Model):
+    idle_culler: bool = Field(True, description="Run jupyterhub-idle-culler with the limits above.")
+    metrics: bool = Field(
+        True,
+        description="Expose Prometheus metrics at /hub/metrics to a token with read:metrics only;"
+        " a scrape token is written to STATE_DIR/secrets/metrics-token.",
+    )
+    extra: list[ExtraService] = Field(default_factory=list, description="Further hub-managed services.")
+
+
+class SiteConfig(Model):
+    """The whole AtlasLab site: one file drives one machine or a Kubernetes cluster."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="AtlasLab site config")
+
+    site: Site = Field(default_factory=Site, description="The site itself: URLs, addresses, state, admins.")
+    login: list[LoginProvider] = Field(
+        default_factory=lambda: [NativeLogin(provider="native")],
+        description="How users log in; several providers may be offered at once. Default: local accounts.",
+        min_length=1,
+    )
+    tenants: dict[Identifier, Tenant] = Field(
+        default_factory=dict, description="Organisations sharing the site (schools, institutes, labs, startups)."
+    )
+    environments: dict[Identifier, Environment] = Field(
+        default_factory=lambda: {"cpu-small": Environment(default=True)},
+        description="What a user may pick when starting a server.",
+    )
+    courses: dict[Identifier, Course] = Field(default_factory=dict, description="Courses taught on the site.")
+    teams: dict[Identifier, Team] = Field(default_factory=dict, description="Research or product teams.")
+    limits: Limits = Field(default_factory=Limits, description="Site-wide limits on servers.")
+    spawner: Spawner = Field(default_factory=Spawner, description="How servers are started on one machine.")
+    services: Services = Field(default_factory=Services, description="Hub-managed services to run.")
+
+    @field_validator("login")
+    @classmethod
+    def _unique_providers(cls, v: list) -> list:
+        seen: set[str] = set()
+        for p in v:
+            if p.key in seen:
+                raise ValueError(f"two login providers are both called '{p.key}'; give each a distinct `id`")
+            seen.add(p.key)
+        return v

@@ -1,0 +1,57 @@
+"""System accounts for hub users (``jupyter-NAME``), created on first spawn when the hub runs as root."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import re
+import subprocess
+from pathlib import Path
+
+PREFIX = "jupyter-"
+MAX_LEN = 32  # useradd's limit on Debian
+
+
+def system_username(hub_name: str) -> str:
+    """A valid, collision-free Linux account name for a hub username.
+
+    Names already valid stay readable (``jupyter-amina``); anything changed by the clean-up, or too long,
+    gets a short hash of the original so ``a.b`` and ``a-b`` never share an account.
+    """
+    cleaned = re.sub(r"[^a-z0-9_-]", "-", hub_name.lower())
+    name = PREFIX + cleaned
+    if cleaned != hub_name or len(name) > MAX_LEN:
+        digest = hashlib.sha256(hub_name.encode()).hexdigest()[:6]
+        name = f"{name[: MAX_LEN - 7]}-{digest}"
+    return name
+
+
+def ensure_account(hub_name: str, home_root: Path) -> pwd.struct_passwd:
+    """Create the account and its private home if missing; return its passwd entry."""
+    name = system_username(hub_name)
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        home = home_root / name
+        subprocess.run(
+            [
+                "useradd",
+                "--create-home",
+                "--home-dir",
+                str(home),
+                "--shell",
+                "/bin/bash",
+                "--user-group",
+                "--comment",
+                f"AtlasLab user {hub_name}",
+                name,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        entry = pwd.getpwnam(name)
+    # Homes are private: no other student (or their kernels) may list or read them.
+    os.chmod(entry.pw_dir, 0o700)
+    return entry

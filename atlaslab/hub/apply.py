@@ -1,0 +1,141 @@
+"""Apply a site config to JupyterHub's config object, one concern per function.
+
+Each ``configure_*`` function reads the site config and sets one area of ``c``; none reads another's
+output or shared state, so each can be tested on a fresh ``Config`` and applying twice gives the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from traitlets.config import Config
+
+from atlaslab.config import LoadedConfig
+
+from . import membership, roles, services
+from .auth import configure_authenticator
+from .state import StateDir
+
+log = logging.getLogger("atlaslab")
+
+# Instructors get these through their grader service; loading them in every student server costs ~1 s.
+STUDENT_DISABLED_EXTENSIONS = [
+    "nbgrader.server_extensions.formgrader",
+    "nbgrader.server_extensions.create_assignment",
+    "nbgrader.server_extensions.course_list",
+]
+
+
+def isolation_mode(loaded: LoadedConfig) -> str:
+    wanted = loaded.site.spawner.isolation
+    if wanted == "auto":
+        return "system-users" if os.geteuid() == 0 else "none"
+    return wanted
+
+
+def configure_network(c: Config, loaded: LoadedConfig) -> None:
+    site = loaded.site.site
+    c.JupyterHub.bind_url = f"http://{site.bind}{site.base_url}"
+    c.JupyterHub.hub_ip = "127.0.0.1"
+    c.JupyterHub.hub_port = site.hub_port
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{site.proxy_api_port}"
+    c.JupyterHub.template_vars = {"announcement_login": site.name}
+
+
+def configure_state(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
+    c.JupyterHub.db_url = state.db_url
+    c.JupyterHub.cookie_secret = bytes.fromhex(state.secret("cookie-secret"))
+    c.ConfigurableHTTPProxy.auth_token = state.secret("proxy-token")
+    c.CryptKeeper.keys = [bytes.fromhex(state.secret("crypt-key"))]
+    c.JupyterHub.pid_file = str(state.run_dir / "jupyterhub.pid")
+    # Restarting the hub must not stop users' servers or forget their routes.
+    c.JupyterHub.cleanup_servers = False
+    c.JupyterHub.cleanup_proxy = False
+    c.ConfigurableHTTPProxy.should_start = False
+    c.ConfigurableHTTPProxy.pid_file = str(state.run_dir / "proxy.pid")
+
+
+def configure_users(c: Config, loaded: LoadedConfig) -> None:
+    c.Authenticator.admin_users = set(loaded.site.site.admins)
+    c.JupyterHub.admin_access = False  # admins manage servers; they do not open students' notebooks
+
+
+def configure_groups(c: Config, loaded: LoadedConfig) -> None:
+    c.JupyterHub.load_groups = membership.config_groups(loaded)
+
+
+def configure_roles(c: Config, loaded: LoadedConfig, service_roles: list[dict]) -> None:
+    c.JupyterHub.load_roles = roles.config_roles(loaded) + service_roles
+
+
+def configure_spawner(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
+    c.JupyterHub.spawner_class = "atlaslab.hub.spawner.AtlasLabSpawner"
+    c.AtlasLabSpawner.environments = {
+        key: {
+            "title": env.display_title(key),
+            "description": env.description,
+            "cpu": env.cpu,
+            "memory": env.memory,
+            "processes": env.processes,
+            "gpu": env.gpu.model_dump(exclude_none=True) if env.gpu else None,
+            "default": env.default,
+        }
+        for key, env in loaded.site.environments.items()
+    }
+    c.AtlasLabSpawner.access_rules = membership.access_rules(loaded)
+    c.AtlasLabSpawner.fallback_environments = membership.default_environments(loaded)
+    c.AtlasLabSpawner.isolation = isolation_mode(loaded)
+    c.AtlasLabSpawner.home_root = str(loaded.site.spawner.home_root)
+    c.AtlasLabSpawner.dev_home_root = str(state.dev_homes)
+    c.AtlasLabSpawner.default_url = loaded.site.spawner.default_url
+    c.AtlasLabSpawner.start_timeout = loaded.site.limits.start_timeout
+    c.AtlasLabSpawner.http_timeout = loaded.site.limits.start_timeout
+    c.AtlasLabSpawner.disabled_server_extensions = STUDENT_DISABLED_EXTENSIONS
+    c.AtlasLabSpawner.env_keep = ["PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH"]
+    c.AtlasLabSpawner.environment = {"ATLASLAB_SITE": loaded.site.site.name}
+
+
+def configure_limits(c: Config, loaded: LoadedConfig) -> None:
+    lim = loaded.site.limits
+    c.JupyterHub.active_server_limit = lim.max_servers
+    c.JupyterHub.concurrent_spawn_limit = lim.concurrent_spawns
+
+
+def configure_services(c: Config, loaded: LoadedConfig, state: StateDir) -> list[dict]:
+    """Set the services; return the roles they need (roles are loaded together in configure_roles)."""
+    pairs = [services.cli_service(state)]
+    for optional in (services.idle_culler_service(loaded), services.metrics_service(loaded, state)):
+        if optional:
+            pairs.append(optional)
+    pairs += services.extra_services(loaded)
+    c.JupyterHub.services = [service for service, _ in pairs]
+    c.JupyterHub.authenticate_prometheus = True
+    return [role for _, role in pairs if role]
+
+
+def apply(c: Config, loaded: LoadedConfig) -> Config:
+    state = StateDir(loaded.state_dir).ensure()
+    configure_network(c, loaded)
+    configure_state(c, loaded, state)
+    configure_users(c, loaded)
+    configure_authenticator(c, loaded, state)
+    configure_groups(c, loaded)
+    configure_spawner(c, loaded, state)
+    configure_limits(c, loaded)
+    configure_roles(c, loaded, configure_services(c, loaded, state))
+    if isolation_mode(loaded) == "none":
+        banner = (
+            "ATLASLAB DEVELOPMENT MODE: the hub is not running as root, so every user's server runs as "
+            f"'{_whoami()}' and users are NOT isolated from each other. Run as root for a shared machine."
+        )
+        print("\n" + "!" * 100 + f"\n{banner}\n" + "!" * 100 + "\n", file=sys.stderr, flush=True)
+        log.warning(banner)
+    return c
+
+
+def _whoami() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name

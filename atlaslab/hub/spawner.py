@@ -1,0 +1,250 @@
+"""The local spawner: one system account per user, the chosen environment's limits, fast readiness.
+
+It extends JupyterHub's LocalProcessSpawner rather than replacing it, adding what a shared lab machine
+needs: a profile menu filtered by the user's groups (and re-checked when the spawn request arrives),
+per-user accounts and private homes, cgroup/rlimit limits covering the server and its kernels, and a
+readiness wait that returns as soon as the server listens instead of sleeping through back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import os
+import sys
+import time
+from pathlib import Path
+
+from jupyterhub.spawner import LocalProcessSpawner
+from jupyterhub.utils import random_port
+from tornado import web
+from traitlets import Dict, Float, List, Unicode, default
+
+from atlaslab.config.units import format_size
+
+from . import accounts, limits
+from .membership import allowed_environments
+
+SINGLEUSER = str(Path(sys.executable).with_name("jupyterhub-singleuser"))
+
+
+class AtlasLabSpawner(LocalProcessSpawner):
+    environments = Dict(
+        help="Environment id -> {title, description, cpu, memory (bytes), processes, gpu, default}.",
+    ).tag(config=True)
+    access_rules = Dict(
+        help="Hub group -> environment ids its members may start.",
+    ).tag(config=True)
+    fallback_environments = List(
+        Unicode(), help="Environments for users in no tenant (fresh sign-ups on a site without a default tenant)."
+    ).tag(config=True)
+    isolation = Unicode(
+        "none", help="'system-users': an account per user (root only); 'none': run as the hub's account."
+    ).tag(config=True)
+    home_root = Unicode("/home", help="Parent of system-user homes.").tag(config=True)
+    dev_home_root = Unicode(help="Parent of per-user directories when isolation is 'none'.").tag(config=True)
+    ready_poll_interval = Float(0.02, help="Seconds between readiness checks of a starting server.").tag(config=True)
+    disabled_server_extensions = List(
+        Unicode(),
+        help="Jupyter server extensions not loaded in user servers (they cost start-up time and users lack the role).",
+    ).tag(config=True)
+
+    # ---- which environments, and the form ---------------------------------------------------------------
+
+    def allowed(self) -> list[str]:
+        groups = [g.name for g in self.user.groups]
+        return allowed_environments(
+            self.environments, self.access_rules, groups, admin=self.user.admin, fallback=self.fallback_environments
+        )
+
+    def _default_choice(self, allowed: list[str]) -> str | None:
+        for key in allowed:
+            if self.environments[key].get("default"):
+                return key
+        return allowed[0] if allowed else None
+
+    @default("apply_user_options")
+    def _apply_user_options_default(self):
+        # Runs when the spawn request arrives, before anything starts: a forbidden choice is a 403 at once.
+        return lambda spawner, user_options: spawner.chosen_environment()
+
+    @default("options_form")
+    def _options_form_default(self):
+        return self.render_form
+
+    def render_form(self, spawner: AtlasLabSpawner) -> str:
+        allowed = self.allowed()
+        if not allowed:
+            return (
+                '<p class="alert alert-warning" role="alert">No environment is open to your account yet. '
+                "Ask your instructor or the site administrator to add you to a course, team or tenant.</p>"
+            )
+        choice = self._default_choice(allowed)
+        rows = []
+        for key in allowed:
+            env = self.environments[key]
+            checked = " checked" if key == choice else ""
+            desc = html.escape(env.get("description") or "")
+            rows.append(
+                f'<div class="form-check atlaslab-env">'
+                f'<input class="form-check-input" type="radio" name="environment" id="env-{key}" value="{key}"'
+                f"{checked}>"
+                f'<label class="form-check-label" for="env-{key}"><strong>{html.escape(env["title"])}</strong>'
+                f' <span class="text-muted">{html.escape(_resources(env))}</span>'
+                + (f'<br><small class="text-muted">{desc}</small>' if desc else "")
+                + "</label></div>"
+            )
+        return "<fieldset><legend>Choose an environment</legend>" + "".join(rows) + "</fieldset>"
+
+    def options_from_form(self, formdata: dict) -> dict:
+        values = formdata.get("environment") or [""]
+        return {"environment": values[0]}
+
+    def chosen_environment(self) -> str:
+        """The environment to start, checked against what this user may start (never trust the form)."""
+        allowed = self.allowed()
+        requested = (self.user_options or {}).get("environment") or self._default_choice(allowed)
+        if not requested or requested not in self.environments:
+            listing = ", ".join(allowed) or "none"
+            raise web.HTTPError(400, f"Unknown environment {requested!r}. You may start: {listing}.")
+        if requested not in allowed:
+            listing = ", ".join(allowed) or "none"
+            raise web.HTTPError(
+                403, f"You may not start the environment '{requested}'. Environments open to you: {listing}."
+            )
+        return requested
+
+    # ---- starting ---------------------------------------------------------------------------------------
+
+    def _limits(self, env: dict) -> limits.ResourceLimits:
+        return limits.ResourceLimits(memory=int(env["memory"]), cpu=float(env["cpu"]), processes=int(env["processes"]))
+
+    @property
+    def _cgroup_name(self) -> str:
+        return accounts.system_username(self.user.name) + (f"-{self.name}" if self.name else "")
+
+    async def start(self):
+        key = self.chosen_environment()
+        env = self.environments[key]
+        if env.get("gpu"):
+            from atlaslab.compute import gpus
+
+            inventory = gpus.detect()
+            if not inventory:
+                raise web.HTTPError(
+                    503,
+                    f"'{env['title']}' needs a GPU but {inventory.reason}. Start a CPU environment instead, "
+                    "or ask the administrator which machine has GPUs.",
+                )
+        self.mem_limit = int(env["memory"])
+        self.cpu_limit = float(env["cpu"])
+        self.environment["ATLASLAB_ENVIRONMENT"] = key
+        if not env.get("gpu"):
+            self.environment["CUDA_VISIBLE_DEVICES"] = ""
+            self.environment["NVIDIA_VISIBLE_DEVICES"] = "none"
+        if self.port == 0:
+            self.port = random_port()
+        res = self._limits(env)
+        if self.isolation == "system-users":
+            entry = await asyncio.to_thread(accounts.ensure_account, self.user.name, Path(self.home_root))
+            self._account = entry
+            self._cgroups = await asyncio.to_thread(limits.prepare_cgroup, self._cgroup_name, res)
+        else:
+            self._account = None
+            self._cgroups = []
+            Path(self._dev_home).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._resource_limits = res
+        ip, port = await super().start()
+        await self._wait_listening(ip, port)
+        return ip, port
+
+    async def _wait_listening(self, ip: str, port: int) -> None:
+        """Return as soon as the server accepts connections, so the hub's first readiness check succeeds."""
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise web.HTTPError(
+                    500,
+                    f"Your server exited while starting (exit code {self.proc.returncode}). "
+                    "Try again; if it keeps failing, tell the site administrator (details are in the hub log).",
+                )
+            try:
+                _, writer = await asyncio.open_connection(ip, port)
+            except OSError:
+                await asyncio.sleep(self.ready_poll_interval)
+                continue
+            writer.close()
+            return
+
+    @property
+    def _dev_home(self) -> str:
+        return os.path.join(self.dev_home_root or "/tmp/atlaslab-homes", self.user.name)
+
+    def get_args(self) -> list[str]:
+        args = super().get_args()
+        args += [f"--ServerApp.jpserver_extensions={e}=False" for e in self.disabled_server_extensions]
+        return args
+
+    def make_preexec_fn(self, name: str):
+        account = getattr(self, "_account", None)
+        res = self._resource_limits
+        cgroups = list(self._cgroups)
+        home = account.pw_dir if account else self._dev_home
+
+        def preexec() -> None:
+            # Runs in the child between fork and exec: join the cgroups while still root, then drop to
+            # the user's account with rlimits that a user cannot raise.
+            limits.join_cgroups(cgroups)
+            limits.apply_rlimits(res, per_account=account is not None)
+            if account is not None:
+                os.setgroups([])
+                os.setgid(account.pw_gid)
+                os.setuid(account.pw_uid)
+            os.umask(0o077)
+            os.chdir(home)
+
+        return preexec
+
+    def user_env(self, env: dict) -> dict:
+        account = getattr(self, "_account", None)
+        env["USER"] = account.pw_name if account else self.user.name
+        env["HOME"] = account.pw_dir if account else self._dev_home
+        env["SHELL"] = "/bin/bash"
+        return env
+
+    async def stop(self, now: bool = False):
+        await super().stop(now=now)
+        if self.isolation == "system-users":
+            await asyncio.to_thread(self._reap_cgroup)
+
+    def _reap_cgroup(self) -> None:
+        """Kernels and strays that survived the server die with it, then its cgroup goes."""
+        name = self._cgroup_name
+        dirs = [d for d in [limits.CGROUP_ROOT / limits.PARENT / name] if d.is_dir()] or [
+            limits.CGROUP_ROOT / c / limits.PARENT / name for c in ("pids",)
+        ]
+        for pid in limits.cgroup_pids(dirs):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while limits.cgroup_pids(dirs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        limits.remove_cgroup(name)
+
+    @default("cmd")
+    def _default_cmd(self):
+        return [SINGLEUSER]
+
+
+def _resources(env: dict) -> str:
+    parts = [f"{env['cpu']:g} CPU", f"{format_size(int(env['memory']))}B RAM"]
+    gpu = env.get("gpu") or {}
+    if gpu.get("count"):
+        parts.append(f"{gpu['count']} GPU")
+    elif gpu.get("mig"):
+        parts.append(f"GPU slice {gpu['mig']}")
+    elif gpu.get("shared"):
+        parts.append(f"shared GPU (1/{gpu['shared']})")
+    return ", ".join(parts)
