@@ -9,13 +9,19 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from atlaslab.config import ConfigError, LoadedConfig, load
 
 from . import doctor as doctor_mod
 from . import hubapi
 
-app = typer.Typer(help="AtlasLab: an AI lab workbench on JupyterHub.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="AtlasLab: an AI lab workbench on JupyterHub.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold tokens and passwords
+)
 config_app = typer.Typer(help="Check the site config and print its schema or reference.", no_args_is_help=True)
 users_app = typer.Typer(help="Manage users in bulk.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -35,8 +41,10 @@ def load_or_exit(path: Path | None, *, check_secrets: bool = True) -> LoadedConf
         return load(path, check_secrets=check_secrets)
     except ConfigError as e:
         for problem in e.problems:
-            err.print(f"[red]error[/red] {problem}", soft_wrap=True)
-        err.print(f"{len(e.problems)} problem(s); nothing was started or changed.")
+            err.print(f"[red]error[/red] {escape(str(problem))}", soft_wrap=True)
+        count = f"{len(e.problems)} problem" + ("" if len(e.problems) == 1 else "s")
+        where = f" in {escape(e.problems[0].file)}" if e.problems else ""
+        err.print(f"{count}{where}; nothing was started or changed.")
         raise typer.Exit(2) from None
 
 

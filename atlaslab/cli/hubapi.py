@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import httpx
@@ -91,7 +92,7 @@ def import_roster(loaded: LoadedConfig, roster: Path, course: str, out: Console,
         err.print(f"[red]error[/red] the hub is not reachable ({e}); start it with `atlaslab up` first")
         return 1
     created = 0
-    with api, Progress(console=out) as progress:
+    with contextlib.closing(api), Progress(console=out) as progress:
         task = progress.add_task(f"Adding {len(names)} students to {course}", total=len(names) + len(groups))
         for name in names:
             r = _send(api, "GET", f"/users/{name}")
