@@ -82,6 +82,7 @@ class Workbench:
 
     def start(self, *extra: str, timeout: float = 60) -> Workbench:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._log_mark = len(self.log_text())
         log = open(self.config.parent / "up.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [*ATLASLAB, "up", "--config", str(self.config), *extra],
@@ -99,17 +100,21 @@ class Workbench:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"atlaslab up exited {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.api + "/", timeout=2).status_code == 200 and "AtlasLab is running" in self.log():
+                ready = "AtlasLab is running" in self.log_text()[self._log_mark :]
+                if ready and httpx.get(self.api + "/", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"workbench not ready after {timeout}s:\n{self.log()}")
 
-    def log(self) -> str:
+    def log_text(self) -> str:
         path = self.config.parent / "up.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def log(self) -> str:
         hub = self.state / "logs" / "hub.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
+        text = self.log_text()
         if hub.exists():
             text += "\n--- hub.log (tail) ---\n" + "\n".join(hub.read_text(errors="replace").splitlines()[-40:])
         return text
@@ -117,10 +122,10 @@ class Workbench:
     def restart_hub(self, timeout: float = 60) -> None:
         """SIGHUP to `atlaslab up`: the hub restarts, the proxy and users' servers keep running."""
         assert self.proc is not None
-        marker = len(self.log())
+        marker = len(self.log_text())
         os.kill(self.proc.pid, signal.SIGHUP)
         deadline = time.monotonic() + timeout
-        while "Hub restarted." not in self.log()[marker:]:
+        while "Hub restarted." not in self.log_text()[marker:]:
             if time.monotonic() > deadline:
                 raise TimeoutError(self.log())
             time.sleep(0.1)
@@ -236,6 +241,10 @@ def run_code(wb: Workbench, user: str, token: str, code: str, timeout: float = 6
         httpx.delete(f"{base}/kernels/{kid}", headers=headers, timeout=timeout)
 
 
+class KernelDied(RuntimeError):
+    """The kernel died while running the cell (killed by a limit, or crashed)."""
+
+
 def execute(ws: websocket.WebSocket, code: str, timeout: float = 60) -> str:
     msg_id = uuid.uuid4().hex
     ws.send(
@@ -257,8 +266,11 @@ def execute(ws: websocket.WebSocket, code: str, timeout: float = 60) -> str:
     )
     out: list[str] = []
     deadline = time.monotonic() + timeout
+    ws.settimeout(timeout)
     while time.monotonic() < deadline:
         msg = json.loads(ws.recv())
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] in ("restarting", "dead"):
+            raise KernelDied(msg["content"]["execution_state"])
         if msg.get("parent_header", {}).get("msg_id") != msg_id:
             continue
         kind = msg["msg_type"]
