@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from atlaslab.config import LoadedConfig
+from atlaslab.hub.apply import isolation_mode
 from atlaslab.hub.state import StateDir
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -232,6 +233,12 @@ class Workbench:
 
     def run(self) -> int:
         self.state.ensure()
+        hub_pid = read_pid(self.state.run_dir / "jupyterhub.pid")
+        if hub_pid:
+            raise LaunchError(
+                f"AtlasLab is already running with this state dir (hub pid {hub_pid}); "
+                "use `atlaslab status`, or stop the other `atlaslab up` first"
+            )
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_restart)
@@ -284,6 +291,11 @@ class Workbench:
             lines.append("Log in with any username and the workshop's shared password.")
         else:
             lines.append(f"Log in with {provider.title or provider.provider}.")
+        if isolation_mode(self.loaded) == "none":
+            lines.append(
+                "WARNING: development mode - every user's server runs as this account, so users are NOT "
+                "isolated from each other. Run `atlaslab up` as root on a shared machine."
+            )
         lines.append(f"Logs: {self.state.log_dir}. Press Ctrl-C to stop; send SIGHUP to restart only the hub.")
         return "\n".join(lines)
 

@@ -87,6 +87,9 @@ def configure_spawner(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
     c.AtlasLabSpawner.access_rules = membership.access_rules(loaded)
     c.AtlasLabSpawner.fallback_environments = membership.default_environments(loaded)
     c.AtlasLabSpawner.isolation = isolation_mode(loaded)
+    if isolation_mode(loaded) == "none" and os.geteuid() == 0:
+        # Development mode run as root: Jupyter refuses root unless told; users are not isolated anyway.
+        c.AtlasLabSpawner.args = ["--ServerApp.allow_root=True"]
     c.AtlasLabSpawner.home_root = str(loaded.site.spawner.home_root)
     c.AtlasLabSpawner.dev_home_root = str(state.dev_homes)
     c.AtlasLabSpawner.default_url = loaded.site.spawner.default_url
