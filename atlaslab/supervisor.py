@@ -164,6 +164,8 @@ class Workbench:
         self.hub = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)],
             cwd=self.state.root,
+            # Whatever the hub writes in the state dir (database, journals, pid files) is private to it.
+            preexec_fn=lambda: os.umask(0o077),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

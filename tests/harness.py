@@ -33,6 +33,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_range(size: int = 10) -> int:
+    """The first of ``size`` consecutive free ports (for the site's own services)."""
+    for _ in range(100):
+        base = free_port()
+        if base + size < 65000 and all(_free(base + i) for i in range(size)):
+            return base
+    raise RuntimeError("no free port range")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def write_site(directory: Path, overrides: dict[str, Any] | None = None) -> Path:
     """A site config in ``directory`` with free ports and a private state dir; ``overrides`` merge on top."""
     site: dict[str, Any] = {
@@ -40,6 +58,7 @@ def write_site(directory: Path, overrides: dict[str, Any] | None = None) -> Path
             "bind": f"127.0.0.1:{free_port()}",
             "hub_port": free_port(),
             "proxy_api_port": free_port(),
+            "service_ports": free_port_range(),
             "state_dir": "state",
             "admins": ["admin"],
         },
@@ -51,9 +70,21 @@ def write_site(directory: Path, overrides: dict[str, Any] | None = None) -> Path
         else:
             site[key] = value
     directory.mkdir(parents=True, exist_ok=True)
+    _make_traversable(directory)
     path = directory / "atlaslab.yaml"
     path.write_text(yaml.safe_dump(site, sort_keys=False))
     return path
+
+
+def _make_traversable(directory: Path) -> None:
+    """Let other accounts pass through (not list) the test dir's parents, as they can /var/lib on a real site.
+
+    pytest's temp root is 0700; a course's grader account must reach its course directory in the state dir.
+    """
+    for parent in [directory, *directory.parents]:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o011)
 
 
 @dataclass

@@ -32,7 +32,13 @@ out = Console(highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", envvar="ATLASLAB_CONFIG", help="Site config file (default: atlaslab.yaml)."),
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="ATLASLAB_CONFIG",
+        readable=False,  # the loader reports an unreadable file in its own one-line format
+        help="Site config file (default: atlaslab.yaml).",
+    ),
 ]
 
 

@@ -18,17 +18,22 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from .units import Duration, Size
 
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$"
+BIND_PATTERN = r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$"
 Identifier = Annotated[
     str,
-    StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$"),
+    StringConstraints(pattern=ID_PATTERN),
     Field(description="Lower-case letters, digits, '-' and '_'; starts with a letter or digit."),
 ]
 Username = Annotated[
     str,
-    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$", strip_whitespace=True),
+    StringConstraints(pattern=USERNAME_PATTERN, strip_whitespace=True),
+    Field(description="A username as the user logs in: letters, digits and . _ @ : + - (no spaces)."),
 ]
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 LANGUAGES = ("en", "fr", "ar")
@@ -41,6 +46,8 @@ class Model(BaseModel):
 
 
 class Site(Model):
+    """The site itself: its name, where it listens, where it keeps its state, who administers it."""
+
     name: str = Field("AtlasLab", description="Name shown on the login page and in the browser title.")
     url: AnyHttpUrl | None = Field(
         None,
@@ -50,11 +57,18 @@ class Site(Model):
     bind: str = Field(
         "127.0.0.1:8000",
         description="Address and port the public proxy listens on, as HOST:PORT (0.0.0.0:443 behind TLS).",
-        pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$",
+        pattern=BIND_PATTERN,
     )
     hub_port: int = Field(8081, ge=1, le=65535, description="Port of the hub itself on 127.0.0.1 (behind the proxy).")
     proxy_api_port: int = Field(
         8001, ge=1, le=65535, description="Port of the proxy's REST API on 127.0.0.1 (the hub adds routes there)."
+    )
+    service_ports: int = Field(
+        10100,
+        ge=1024,
+        le=65000,
+        description="First of the ports on 127.0.0.1 used by AtlasLab's own services (the exchange, then one"
+        " formgrader per course, in site-config order).",
     )
     base_url: str = Field(
         "/", description="URL prefix of the whole workbench, e.g. /lab/ when it shares a domain.", pattern=r"^/"
@@ -64,7 +78,11 @@ class Site(Model):
         description="Directory for the hub database, secrets and logs. Default: /var/lib/atlaslab as root,"
         " ~/.local/share/atlaslab otherwise. Relative paths are relative to the config file.",
     )
-    admins: list[Username] = Field(default_factory=list, description="Hub administrators (usernames as they log in).")
+    admins: list[Username] = Field(
+        default_factory=lambda: ["admin"],
+        description="Hub administrators (usernames as they log in). With local accounts, an admin's first login"
+        " uses the password generated into STATE_DIR/secrets/initial-admin-password.",
+    )
     languages: list[Literal["en", "fr", "ar"]] = Field(
         default_factory=lambda: ["en"], description="JupyterLab languages offered; the first is the default."
     )
@@ -73,6 +91,14 @@ class Site(Model):
     @classmethod
     def _slash(cls, v: str) -> str:
         return v if v.endswith("/") else v + "/"
+
+    @field_validator("bind")
+    @classmethod
+    def _port_in_range(cls, v: str) -> str:
+        port = int(v.rsplit(":", 1)[1])
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is out of range; use a port between 1 and 65535")
+        return v
 
     @property
     def bind_host(self) -> str:
@@ -94,7 +120,7 @@ class Site(Model):
 
 
 class SecretRef(Model):
-    """Where a secret comes from. Secrets never live in the site config itself."""
+    """Where a secret comes from: exactly one of `env` or `file`. Secrets never live in the site config itself."""
 
     env: str | None = Field(None, description="Name of an environment variable holding the secret.", pattern=ENV_NAME)
     file: Path | None = Field(
@@ -133,7 +159,7 @@ class ProviderBase(Model):
 class NativeLogin(ProviderBase):
     """Local accounts with passwords (jupyterhub-nativeauthenticator)."""
 
-    provider: Literal["native"]
+    provider: Literal["native"] = Field(description="Selects this kind of login: `native`.")
     open_signup: bool = Field(
         False,
         description="Let anyone who signs up log in at once. Default: an admin approves each sign-up at"
@@ -145,7 +171,7 @@ class NativeLogin(ProviderBase):
 class SharedPasswordLogin(ProviderBase):
     """One password for a whole workshop (JupyterHub's SharedPasswordAuthenticator)."""
 
-    provider: Literal["shared-password"]
+    provider: Literal["shared-password"] = Field(description="Selects this kind of login: `shared-password`.")
     password: SecretRef = Field(description="Where the shared user password is read from (at least 8 characters).")
     admin_password: SecretRef | None = Field(
         None, description="Optional separate password that makes the site admins admin on login."
@@ -153,6 +179,8 @@ class SharedPasswordLogin(ProviderBase):
 
 
 class Endpoints(Model):
+    """An OAuth provider's endpoints, when they cannot be discovered or differ from the public ones."""
+
     authorize_url: AnyHttpUrl = Field(description="The provider's authorization endpoint.")
     token_url: AnyHttpUrl = Field(description="The provider's token endpoint.")
     userdata_url: AnyHttpUrl = Field(description="The endpoint returning the user's claims.")
@@ -175,6 +203,8 @@ class OAuthBase(ProviderBase):
 
 
 class GroupMapping(Model):
+    """Provider groups that decide who may log in, who is an admin and which tenant a user joins."""
+
     groups_claim: str | None = Field(
         None, description="Claim holding the user's groups (dot-separated path, e.g. realm_access.roles)."
     )
@@ -188,7 +218,7 @@ class GroupMapping(Model):
 class OIDCLogin(OAuthBase, GroupMapping):
     """Any OpenID Connect provider, e.g. Keycloak (OAuthenticator's GenericOAuthenticator)."""
 
-    provider: Literal["oidc"]
+    provider: Literal["oidc"] = Field(description="Selects this kind of login: `oidc`.")
     issuer: AnyHttpUrl = Field(
         description="Issuer URL; endpoints are discovered from ISSUER/.well-known/openid-configuration at start."
     )
@@ -198,7 +228,7 @@ class OIDCLogin(OAuthBase, GroupMapping):
 class GitHubLogin(OAuthBase):
     """GitHub or GitHub Enterprise accounts."""
 
-    provider: Literal["github"]
+    provider: Literal["github"] = Field(description="Selects this kind of login: `github`.")
     allowed_organizations: list[str] = Field(
         default_factory=list, description="GitHub organisations (or org:team) whose members may log in."
     )
@@ -210,7 +240,7 @@ class GitHubLogin(OAuthBase):
 class GoogleLogin(OAuthBase):
     """Google accounts, optionally restricted to Workspace domains."""
 
-    provider: Literal["google"]
+    provider: Literal["google"] = Field(description="Selects this kind of login: `google`.")
     hosted_domain: list[str] = Field(default_factory=list, description="Only accounts of these Workspace domains.")
 
     def allows_nobody(self) -> bool:
@@ -220,7 +250,7 @@ class GoogleLogin(OAuthBase):
 class AzureADLogin(OAuthBase, GroupMapping):
     """Microsoft Entra ID (Azure AD) accounts."""
 
-    provider: Literal["azuread"]
+    provider: Literal["azuread"] = Field(description="Selects this kind of login: `azuread`.")
     azure_tenant_id: str = Field(description="The directory (tenant) ID of the Entra ID organisation.", min_length=1)
     username_claim: str = Field("preferred_username", description="Claim used as the username.")
 
@@ -228,7 +258,7 @@ class AzureADLogin(OAuthBase, GroupMapping):
 class Intra42Login(OAuthBase):
     """The 42 network's intranet (1337 campuses): username from `login`, campus -> tenant."""
 
-    provider: Literal["intra42"]
+    provider: Literal["intra42"] = Field(description="Selects this kind of login: `intra42`.")
     campus_to_tenant: dict[str, Identifier] = Field(
         default_factory=dict,
         description="42 campus name (lower case, e.g. benguerir) -> tenant. Users of other campuses are refused"
@@ -247,6 +277,8 @@ OAUTH_PROVIDERS = ("oidc", "github", "google", "azuread", "intra42")
 
 
 class Tenant(Model):
+    """An organisation sharing the site: a school, an institute, a research lab or a startup."""
+
     title: str = Field(description="Display name, e.g. '1337 Benguerir'.")
     kind: Literal["school", "institute", "research", "startup", "other"] = Field(
         "other", description="What sort of organisation this is; used for defaults and reports."
@@ -265,6 +297,8 @@ class Tenant(Model):
 
 
 class Course(Model):
+    """A course: its staff and students, and the tenant that runs it."""
+
     title: str = Field(description="Course name shown to students.")
     tenant: Identifier = Field(description="Tenant that runs the course.")
     instructors: list[Username] = Field(default_factory=list, description="Instructors of the course.")
@@ -281,6 +315,8 @@ class Course(Model):
 
 
 class Team(Model):
+    """A research or product team inside a tenant."""
+
     title: str | None = Field(None, description="Team name shown in the hub.")
     tenant: Identifier = Field(description="Tenant the team belongs to.")
     members: list[Username] = Field(default_factory=list, description="Team members.")
@@ -290,6 +326,8 @@ class Team(Model):
 
 
 class GPURequest(Model):
+    """GPUs for an environment: exactly one of whole GPUs, a MIG slice or a share of one GPU."""
+
     count: int | None = Field(None, ge=1, le=16, description="Whole GPUs, exclusive to the server.")
     mig: str | None = Field(
         None, description="A MIG slice profile such as 1g.10gb or 3g.40gb.", pattern=r"^[1-7]g\.\d+gb$"
@@ -300,11 +338,14 @@ class GPURequest(Model):
     def _exactly_one(self) -> GPURequest:
         given = [k for k in ("count", "mig", "shared") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of `count`, `mig` or `shared`")
+            got = " and ".join(given) or "none"
+            raise ValueError(f"give exactly one of `count`, `mig` or `shared` (got {got})")
         return self
 
 
 class Environment(Model):
+    """What a user may start: CPU, memory, process and GPU limits of one server and its kernels."""
+
     title: str | None = Field(None, description="Name on the start page. Default: derived from the id.")
     description: str | None = Field(None, description="One line under the title on the start page.")
     cpu: float = Field(1.0, gt=0, le=512, description="CPU cores the server and its kernels may use.")
@@ -323,6 +364,8 @@ class Environment(Model):
 
 
 class Limits(Model):
+    """Site-wide limits: idle culling, server age, how many servers run and start at once."""
+
     idle_cull_after: Duration = Field(3600, description="Stop servers idle this long (e.g. 1h); 0 disables.")
     max_server_age: Duration = Field(0, description="Stop servers older than this whatever they do; 0 disables.")
     max_servers: int = Field(0, ge=0, description="Most servers running at once on the site; 0 means no limit.")
@@ -331,6 +374,8 @@ class Limits(Model):
 
 
 class Spawner(Model):
+    """The local spawner: how users are isolated, where they land, where their homes are."""
+
     isolation: Literal["auto", "system-users", "none"] = Field(
         "auto",
         description="system-users: each user gets a system account jupyter-NAME and resource limits (needs root)."
@@ -342,6 +387,8 @@ class Spawner(Model):
 
 
 class ExtraService(Model):
+    """A further process the hub starts, keeps running and may give an API token."""
+
     name: Identifier = Field(description="Service name; reachable at /services/NAME/ if it has a URL.")
     command: list[str] = Field(description="Command the hub starts and keeps running.", min_length=1)
     port: int | None = Field(None, ge=1, le=65535, description="Port on 127.0.0.1 the service listens on.")
@@ -350,6 +397,8 @@ class ExtraService(Model):
 
 
 class Services(Model):
+    """Hub-managed services: the idle culler, the metrics scrape identity and any extras."""
+
     idle_culler: bool = Field(True, description="Run jupyterhub-idle-culler with the limits above.")
     metrics: bool = Field(
         True,
@@ -386,9 +435,14 @@ class SiteConfig(Model):
     @field_validator("login")
     @classmethod
     def _unique_providers(cls, v: list) -> list:
-        seen: set[str] = set()
-        for p in v:
+        seen: dict[str, int] = {}
+        for i, p in enumerate(v):
             if p.key in seen:
-                raise ValueError(f"two login providers are both called '{p.key}'; give each a distinct `id`")
-            seen.add(p.key)
+                raise PydanticCustomError(
+                    "duplicate_provider",
+                    "two login providers are both called '{key}' (login[{first}] and login[{second}]);"
+                    " give each a distinct `id`",
+                    {"key": p.key, "first": seen[p.key], "second": i},
+                )
+            seen[p.key] = i
         return v

@@ -21,7 +21,8 @@ def system_username(hub_name: str) -> str:
     """
     cleaned = re.sub(r"[^a-z0-9_-]", "-", hub_name.lower())
     name = PREFIX + cleaned
-    if cleaned != hub_name or len(name) > MAX_LEN:
+    # A name that already looks hashed is hashed again, so nobody can sign up as another user's account name.
+    if cleaned != hub_name or len(name) > MAX_LEN or re.search(r"-[0-9a-f]{6}$", cleaned):
         digest = hashlib.sha256(hub_name.encode()).hexdigest()[:6]
         name = f"{name[: MAX_LEN - 7]}-{digest}"
     return name

@@ -40,10 +40,14 @@ class StateDir:
     def ensure(self) -> StateDir:
         for d in (self.root, self.secrets_dir, self.run_dir, self.log_dir):
             d.mkdir(parents=True, exist_ok=True)
-        for d in (self.root, self.secrets_dir, self.run_dir):
+        # The root is traversable (not listable) so each course's grader account can reach its own course
+        # directory; everything else in it is private to the hub's account.
+        os.chmod(self.root, 0o711)
+        for d in (self.secrets_dir, self.run_dir, self.log_dir):
             os.chmod(d, 0o700)
-        # The log dir is group-readable only by root's group; keep it private too.
-        os.chmod(self.log_dir, 0o700)
+        db = self.root / "jupyterhub.sqlite"
+        if db.exists():
+            os.chmod(db, 0o600)
         return self
 
     def secret(self, name: str, nbytes: int = 32) -> str:

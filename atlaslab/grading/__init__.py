@@ -1,0 +1,1 @@
+"""Grading: nbgrader courses, the exchange service and client, the sandboxed autograder."""

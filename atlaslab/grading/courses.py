@@ -1,0 +1,106 @@
+"""Course directories: one nbgrader course directory and gradebook per course, owned by its grader account.
+
+STATE_DIR/courses/ID holds nbgrader's source/, release/, submitted/, autograded/, feedback/ and
+gradebook.db. It belongs to the system account grader-ID (when the hub runs as root) and is 0700, so
+no student, and no instructor of another course, can read submissions or the gradebook.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from atlaslab.hub.state import write_private
+
+GRADER_PREFIX = "grader-"
+NBGRADER_CONFIG = """\
+# Written by AtlasLab for course {course!r}; regenerated at every hub start.
+c = get_config()  # noqa: F821
+c.CourseDirectory.course_id = {course!r}
+c.CourseDirectory.root = {root!r}
+c.Authenticator.plugin_class = "atlaslab.grading.nbauth.HubGroupsAuthPlugin"
+"""
+SERVER_CONFIG = """\
+# Written by AtlasLab: the formgrader of course {course!r}, served as a hub service.
+c = get_config()  # noqa: F821
+# JupyterHub >= 4.1 forbids framing single-user pages ("frame-ancestors 'none'"), but nbgrader's formgrader
+# lab extension shows /formgrader in an iframe of the same server (nbgrader #1870): allow same-origin frames.
+c.ServerApp.tornado_settings = {{"headers": {{"Content-Security-Policy": "frame-ancestors 'self'"}}}}
+c.ServerApp.jpserver_extensions = {{
+    "nbgrader.server_extensions.formgrader": True,
+    "nbgrader.server_extensions.create_assignment": True,
+    "nbgrader.server_extensions.course_list": True,
+    "nbgrader.server_extensions.assignment_list": False,
+}}
+c.ServerApp.root_dir = {root!r}
+"""
+
+
+@dataclass(frozen=True)
+class CourseDir:
+    course: str
+    root: Path
+
+    @property
+    def config_dir(self) -> Path:
+        """JUPYTER_CONFIG_DIR of the course's formgrader service."""
+        return self.root / ".jupyter"
+
+    @property
+    def gradebook(self) -> Path:
+        return self.root / "gradebook.db"
+
+
+def grader_account(course: str) -> str:
+    return f"{GRADER_PREFIX}{course}"[:32]
+
+
+def ensure_grader_account(course: str) -> pwd.struct_passwd | None:
+    """The grader account of ``course``, created if missing; None when not root (development mode)."""
+    if os.geteuid() != 0:
+        return None
+    name = grader_account(course)
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--user-group",
+                "--comment",
+                f"AtlasLab grader of {course}",
+                name,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(name)
+
+
+def ensure_course_dir(state_root: Path, course: str) -> CourseDir:
+    """Create or refresh the course directory and its nbgrader/server configs (idempotent)."""
+    courses = state_root / "courses"
+    courses.mkdir(parents=True, exist_ok=True)
+    # The grader account must traverse into its own course dir, nothing else.
+    os.chmod(courses, 0o711)
+    cd = CourseDir(course, courses / course)
+    for sub in (cd.root, cd.root / "source", cd.config_dir):
+        sub.mkdir(exist_ok=True)
+    write_private(cd.root / "nbgrader_config.py", NBGRADER_CONFIG.format(course=course, root=str(cd.root)))
+    write_private(cd.config_dir / "nbgrader_config.py", NBGRADER_CONFIG.format(course=course, root=str(cd.root)))
+    write_private(cd.config_dir / "jupyter_server_config.py", SERVER_CONFIG.format(course=course, root=str(cd.root)))
+    account = ensure_grader_account(course)
+    if account is not None:
+        for dirpath, dirnames, filenames in os.walk(cd.root):
+            os.chown(dirpath, account.pw_uid, account.pw_gid)
+            for f in filenames:
+                os.chown(os.path.join(dirpath, f), account.pw_uid, account.pw_gid)
+    os.chmod(cd.root, 0o700)
+    return cd

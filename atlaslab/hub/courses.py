@@ -1,0 +1,60 @@
+"""Courses on the hub: a course directory and a formgrader service per course, reachable by its staff only.
+
+Each course's formgrader is a hub-managed JupyterLab (jupyterhub-singleuser run as a service) running as the
+course's grader account in the course directory, with nbgrader's formgrader enabled there and nowhere else.
+The service is named after the course id, as nbgrader's course list expects; only the course's instructors
+and TAs hold ``access:services!service=ID``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from atlaslab.config import LoadedConfig
+from atlaslab.grading.courses import ensure_course_dir, grader_account
+from atlaslab.hub.membership import course_group
+from atlaslab.hub.state import StateDir
+
+SINGLEUSER = str(Path(sys.executable).with_name("jupyterhub-singleuser"))
+
+
+def formgrader_port(loaded: LoadedConfig, course: str) -> int:
+    """Ports are fixed per course (base + 1 + position) so applying the config twice gives the same."""
+    return loaded.site.site.service_ports + 1 + list(loaded.site.courses).index(course)
+
+
+def formgrader_service(loaded: LoadedConfig, state: StateDir, course: str) -> tuple[dict, dict]:
+    cd = ensure_course_dir(state.root, course)
+    service = {
+        "name": course,
+        "display": True,
+        "url": f"http://127.0.0.1:{formgrader_port(loaded, course)}",
+        "command": [SINGLEUSER],
+        "cwd": str(cd.root),
+        "oauth_no_confirm": True,
+        "environment": {
+            "JUPYTER_CONFIG_DIR": str(cd.config_dir),
+            "JUPYTER_RUNTIME_DIR": str(cd.root / ".runtime"),
+            "JUPYTER_DATA_DIR": str(cd.root / ".local"),
+            "HOME": str(cd.root),
+            "JUPYTERHUB_DEFAULT_URL": "/lab?formgrader=true",
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        },
+    }
+    if os.geteuid() == 0:
+        service["user"] = grader_account(course)
+    else:
+        service["command"] = [SINGLEUSER, "--ServerApp.allow_root=False"]
+    role = {
+        "name": f"formgrader.{course}",
+        "description": f"Open the formgrader of {course}",
+        "scopes": [f"access:services!service={course}", "list:services", "read:services"],
+        "groups": [course_group(course, "instructors"), course_group(course, "tas")],
+    }
+    return service, role
+
+
+def course_services(loaded: LoadedConfig, state: StateDir) -> list[tuple[dict, dict]]:
+    return [formgrader_service(loaded, state, course) for course in loaded.site.courses]
