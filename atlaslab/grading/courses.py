@@ -98,9 +98,16 @@ def ensure_course_dir(state_root: Path, course: str) -> CourseDir:
     write_private(cd.config_dir / "jupyter_server_config.py", SERVER_CONFIG.format(course=course, root=str(cd.root)))
     account = ensure_grader_account(course)
     if account is not None:
-        for dirpath, dirnames, filenames in os.walk(cd.root):
-            os.chown(dirpath, account.pw_uid, account.pw_gid)
-            for f in filenames:
-                os.chown(os.path.join(dirpath, f), account.pw_uid, account.pw_gid)
+        # Only what this function writes; the rest is written by the grader account itself, or handed over
+        # by `atlaslab grade` (never a walk of every submission at each hub start).
+        for path in (
+            cd.root,
+            cd.root / "source",
+            cd.config_dir,
+            cd.root / "nbgrader_config.py",
+            cd.config_dir / "nbgrader_config.py",
+            cd.config_dir / "jupyter_server_config.py",
+        ):
+            os.chown(path, account.pw_uid, account.pw_gid)
     os.chmod(cd.root, 0o700)
     return cd
