@@ -190,7 +190,11 @@ class Browser:
         m = re.search(r'name="_xsrf"\s+value="([^"]+)"', page)
         if m:
             return m.group(1)
-        return self.http.cookies.get("_xsrf", "")
+        return self.hub_xsrf()
+
+    def hub_xsrf(self) -> str:
+        """The hub's XSRF cookie (users' servers set their own, under /user/NAME/)."""
+        return self.http.cookies.get("_xsrf", "", path="/hub/") or ""
 
     def signup(self, username: str, password: str) -> httpx.Response:
         page = self.http.get("/hub/signup")
@@ -216,7 +220,7 @@ class Browser:
 
     def api(self, method: str, path: str, **kwargs) -> httpx.Response:
         """Call the hub API with the session cookie, as the hub's own pages do (XSRF header included)."""
-        headers = {"X-XSRFToken": self.http.cookies.get("_xsrf", "")}
+        headers = {"X-XSRFToken": self.hub_xsrf()}
         return self.http.request(method, f"/hub/api{path}", headers=headers, **kwargs)
 
     def spawn_form(self) -> str:

@@ -572,6 +572,10 @@ def _cross_check(loaded: LoadedConfig, check_secrets: bool) -> tuple[list[tuple[
                 )
                 problems.append((("login", i), message))
             password_form = i
+        if provider.provider == "native" and provider.username_prefix:
+            problems.append(
+                (("login", i, "username_prefix"), "local accounts take no prefix; remove username_prefix here")
+            )
         if check_secrets:
             problems += _check_secrets(loaded, i, provider)
 
@@ -638,9 +642,14 @@ def _check_secrets(loaded: LoadedConfig, index: int, provider: Any) -> list[tupl
         value, error = _read_secret(secret, loaded.resolve)
         if error is not None:
             problems.append((loc, error))
-        elif name in PASSWORD_FIELDS and len(value) < 8:
-            where = f"${secret.env}" if secret.env is not None else str(loaded.resolve(secret.file))  # type: ignore[arg-type]
-            problems.append((loc, f"the password in {where} is shorter than 8 characters; write a longer one"))
+        elif name in PASSWORD_FIELDS:
+            # JupyterHub's SharedPasswordAuthenticator refuses an admin password under 32 characters.
+            shortest = 32 if name == "admin_password" else 8
+            if len(value) < shortest:
+                where = f"${secret.env}" if secret.env is not None else str(loaded.resolve(secret.file))  # type: ignore[arg-type]
+                problems.append(
+                    (loc, f"the password in {where} is shorter than {shortest} characters; write a longer one")
+                )
     return problems
 
 

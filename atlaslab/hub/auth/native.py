@@ -54,12 +54,12 @@ class AtlasLabNativeAuthenticator(NativeAuthenticator):
         name = self.normalize_username(data.get("username", ""))
         password = data.get("password", "")
         initial = self._initial_password()
-        if name in self.admin_users and self.get_user(name) is None and initial:
-            if hmac.compare_digest(password.encode(), initial.encode()):
-                hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt())
-                self.db.add(UserInfo(username=name, password=hashed, is_authorized=True))
-                self.db.commit()
-                self.log.info("Created the account of admin %s from the initial admin password", name)
+        first_admin_login = name in self.admin_users and self.get_user(name) is None and initial
+        if first_admin_login and hmac.compare_digest(password.encode(), initial.encode()):
+            hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt())
+            self.db.add(UserInfo(username=name, password=hashed, is_authorized=True))
+            self.db.commit()
+            self.log.info("Created the account of admin %s from the initial admin password", name)
         return await super().authenticate(handler, data)
 
 

@@ -13,6 +13,10 @@ from jupyterhub import orm
 
 from atlaslab.hub.membership import tenant_group
 
+# Where AtlasLab's OAuth logins leave what they read from the provider, inside the auth model's
+# auth_state: {"groups": [provider groups], "tenants": [tenants the claims map to]}.
+STATE_KEY = "atlaslab"
+
 
 def add_login_tenants(handler, username: str, tenants: Iterable[str], *, only_if_none: bool) -> None:
     """Add ``username`` to each tenant group; with ``only_if_none``, only when they have no tenant yet."""
@@ -34,3 +38,20 @@ def add_login_tenants(handler, username: str, tenants: Iterable[str], *, only_if
             db.add(group)
         user.groups.append(group)
     db.commit()
+
+
+def provider_tenant_hook(tenant: str | None):
+    """A post_auth_hook adding the tenants a login implies.
+
+    Tenants mapped from the provider's claims (groups, 42 campus) are always added; the provider's
+    default ``tenant`` only when the user belongs to no tenant otherwise.
+    """
+
+    async def hook(authenticator, handler, auth_model):
+        claimed = ((auth_model.get("auth_state") or {}).get(STATE_KEY) or {}).get("tenants") or []
+        add_login_tenants(handler, auth_model["name"], claimed, only_if_none=False)
+        if tenant:
+            add_login_tenants(handler, auth_model["name"], [tenant], only_if_none=True)
+        return auth_model
+
+    return hook
