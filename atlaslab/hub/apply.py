@@ -6,6 +6,7 @@ output or shared state, so each can be tested on a fresh ``Config`` and applying
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -16,16 +17,29 @@ from atlaslab.config import LoadedConfig
 
 from . import membership, roles, services
 from .auth import configure_authenticator
+from .courses import course_services
+from .grading import configure_grading
 from .state import StateDir
 
 log = logging.getLogger("atlaslab")
 
-# Instructors get these through their grader service; loading them in every student server costs ~1 s.
+# Server extensions no user's server loads; each one is start-up time for every server (docs/benchmarks.md).
+# nbgrader's formgrader and course list are instructor tools: instructors grade through their grader service
+# (create_assignment is a server extension in some nbgrader versions, a JupyterLab extension in others).
 STUDENT_DISABLED_EXTENSIONS = [
     "nbgrader.server_extensions.formgrader",
     "nbgrader.server_extensions.create_assignment",
     "nbgrader.server_extensions.course_list",
 ]
+# Loaded only in the servers of course members (course:* groups): the assignment list and the validate button.
+# Importing nbgrader costs ~0.2 s per start, for users who never see an assignment.
+COURSE_SERVER_EXTENSIONS = [
+    "nbgrader.server_extensions.assignment_list",
+    "nbgrader.server_extensions.validate_assignment",
+]
+# jupyter_lsp serves JupyterLab's language-server features (off by default) and needs a language server; without
+# one installed it only costs ~0.2 s per start, so it is loaded only when one of these modules is importable.
+LANGUAGE_SERVER_MODULES = ("pylsp", "jedi_language_server")
 
 
 def isolation_mode(loaded: LoadedConfig) -> str:
@@ -95,7 +109,14 @@ def configure_spawner(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
     c.AtlasLabSpawner.default_url = loaded.site.spawner.default_url
     c.AtlasLabSpawner.start_timeout = loaded.site.limits.start_timeout
     c.AtlasLabSpawner.http_timeout = loaded.site.limits.start_timeout
-    c.AtlasLabSpawner.disabled_server_extensions = STUDENT_DISABLED_EXTENSIONS
+    # The user's server starts through AtlasLab's launcher (atlaslab/hub/singleuser.py): jupyterhub-singleuser
+    # without ~1.2 s of start-up work no server uses.
+    c.AtlasLabSpawner.cmd = [sys.executable, "-m", "atlaslab.hub.singleuser"]
+    disabled = list(STUDENT_DISABLED_EXTENSIONS)
+    if not any(importlib.util.find_spec(name) for name in LANGUAGE_SERVER_MODULES):
+        disabled.append("jupyter_lsp")
+    c.AtlasLabSpawner.disabled_server_extensions = disabled
+    c.AtlasLabSpawner.course_server_extensions = COURSE_SERVER_EXTENSIONS
     c.AtlasLabSpawner.env_keep = ["PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH"]
     c.AtlasLabSpawner.environment = {"ATLASLAB_SITE": loaded.site.site.name}
 
@@ -113,6 +134,7 @@ def configure_services(c: Config, loaded: LoadedConfig, state: StateDir) -> list
         if optional:
             pairs.append(optional)
     pairs += services.extra_services(loaded)
+    pairs += course_services(loaded, state)
     c.JupyterHub.services = [service for service, _ in pairs]
     c.JupyterHub.authenticate_prometheus = True
     return [role for _, role in pairs if role]
@@ -128,6 +150,7 @@ def apply(c: Config, loaded: LoadedConfig) -> Config:
     configure_spawner(c, loaded, state)
     configure_limits(c, loaded)
     configure_roles(c, loaded, configure_services(c, loaded, state))
+    configure_grading(c, loaded, state)
     if isolation_mode(loaded) == "none":
         banner = (
             "ATLASLAB DEVELOPMENT MODE: the hub is not running as root, so every user's server runs as "

@@ -1,0 +1,108 @@
+"""``python -m atlaslab.grading.exchange``: run the exchange service, configured from its environment.
+
+JupyterHub sets these for a managed service:
+
+JUPYTERHUB_SERVICE_URL      where to listen (http://127.0.0.1:PORT)
+JUPYTERHUB_SERVICE_PREFIX   URL prefix of the service (/services/exchange/)
+JUPYTERHUB_SERVICE_NAME     the service's name (access needs access:services!service=NAME)
+JUPYTERHUB_API_URL          the hub's API, to check callers' tokens
+JUPYTERHUB_API_TOKEN        the service's own token
+
+AtlasLab adds:
+
+ATLASLAB_EXCHANGE_DIR       the exchange's private directory (blobs, and the SQLite database by default)
+ATLASLAB_EXCHANGE_DB        SQLAlchemy URL of the metadata database (default: sqlite:///DIR/exchange.sqlite)
+ATLASLAB_EXCHANGE_BLOBS     where blobs live: a directory (default DIR/blobs) or s3://BUCKET/PREFIX (boto3's
+                            AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY apply)
+ATLASLAB_EXCHANGE_MAX_UPLOAD       bytes one upload may have (default 50 MiB)
+ATLASLAB_EXCHANGE_MAX_UNPACKED     bytes an archive may expand to (default 256 MiB)
+ATLASLAB_EXCHANGE_MAX_FILES        members an archive may have (default 1000)
+ATLASLAB_EXCHANGE_CACHE_SECONDS    how long the hub's answer about a token (and its groups) is reused (default 5)
+ATLASLAB_EXCHANGE_STAFF_SERVICES   JSON {service name: course}: services that are staff of a course (formgraders)
+
+Several instances may run against the same database and blob directory (e.g. behind one Kubernetes Service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubAuth
+from tornado.httpserver import HTTPServer
+
+from . import SERVICE_NAME
+from .api import Context, make_app
+from .archive import Limits, MiB
+from .store import ExchangeStore, open_blob_store
+
+log = logging.getLogger("atlaslab.exchange")
+
+
+def _int(env: dict, name: str, default: int) -> int:
+    value = env.get(name, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        sys.exit(f"atlaslab-exchange: {name}={value!r} is not a whole number")
+
+
+def context_from_env(env: dict) -> tuple[Context, str, str, int]:
+    """The service's context, URL prefix, host and port, from its environment."""
+    directory = Path(env.get("ATLASLAB_EXCHANGE_DIR") or "exchange").resolve()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    db_url = env.get("ATLASLAB_EXCHANGE_DB") or f"sqlite:///{directory / 'exchange.sqlite'}"
+    blobs = open_blob_store(env.get("ATLASLAB_EXCHANGE_BLOBS") or str(directory / "blobs"), directory / "spool")
+    store = ExchangeStore(db_url, blobs)
+    store.create_schema()
+    name = env.get("JUPYTERHUB_SERVICE_NAME") or SERVICE_NAME
+    hub_auth = HubAuth(
+        api_token=env.get("JUPYTERHUB_API_TOKEN", ""),
+        api_url=env.get("JUPYTERHUB_API_URL") or "http://127.0.0.1:8081/hub/api",
+        cache_max_age=_int(env, "ATLASLAB_EXCHANGE_CACHE_SECONDS", 5),
+        access_scopes={f"access:services!service={name}"},
+    )
+    staff_services = json.loads(env.get("ATLASLAB_EXCHANGE_STAFF_SERVICES") or "{}")
+    ctx = Context(
+        store=store,
+        hub_auth=hub_auth,
+        max_upload=_int(env, "ATLASLAB_EXCHANGE_MAX_UPLOAD", 50 * MiB),
+        limits=Limits(
+            max_files=_int(env, "ATLASLAB_EXCHANGE_MAX_FILES", 1000),
+            max_unpacked=_int(env, "ATLASLAB_EXCHANGE_MAX_UNPACKED", 256 * MiB),
+        ),
+        staff_services=staff_services,
+    )
+    url = urlparse(env.get("JUPYTERHUB_SERVICE_URL") or "http://127.0.0.1:10100")
+    prefix = env.get("JUPYTERHUB_SERVICE_PREFIX") or f"/services/{name}/"
+    return ctx, prefix, url.hostname or "127.0.0.1", url.port or 80
+
+
+async def serve(env: dict) -> None:
+    ctx, prefix, host, port = context_from_env(env)
+    server = HTTPServer(make_app(ctx, prefix), max_body_size=ctx.max_upload)
+    server.listen(port, host)
+    log.info("AtlasLab exchange listening on http://%s:%d%s", host, port, prefix)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.stop()
+    await server.close_all_connections()
+    ctx.store.engine.dispose()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s exchange] %(message)s")
+    asyncio.run(serve(dict(os.environ)))
+
+
+if __name__ == "__main__":
+    main()
