@@ -26,6 +26,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 HUB_CONFIG = PACKAGE_DIR / "hub" / "jupyterhub_config.py"
 REPO_NODE_BIN = PACKAGE_DIR.parent / "node_modules" / ".bin"
 CHP_VERSION = "5"
+HUB_RUNNING = "JupyterHub is now running"
 
 
 class LaunchError(RuntimeError):
@@ -161,6 +162,7 @@ class Workbench:
         env = dict(os.environ)
         env["ATLASLAB_CONFIG"] = str(self.loaded.source.absolute()) if self.loaded.source else ""
         log = open(self.state.log_dir / "hub.log", "ab")  # noqa: SIM115
+        self._hub_log_start = log.tell()
         self.hub = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)],
             cwd=self.state.root,
@@ -180,11 +182,22 @@ class Workbench:
                     f"the hub exited (code {self.hub.returncode}); see {self.state.log_dir / 'hub.log'}:\n"
                     + tail(self.state.log_dir / "hub.log")
                 )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.hub_api + "/", timeout=2).status_code == 200:
-                    return
+            # The API answers before the hub has started its services and restored the proxy's routes;
+            # JupyterHub's own "now running" line marks the end of its start-up.
+            if HUB_RUNNING in self._hub_log_since_start():
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(self.hub_api + "/", timeout=2).status_code == 200:
+                        return
             time.sleep(0.1)
         raise LaunchError(f"the hub did not answer within {timeout:.0f} s; see {self.state.log_dir / 'hub.log'}")
+
+    def _hub_log_since_start(self) -> str:
+        try:
+            with open(self.state.log_dir / "hub.log", "rb") as f:
+                f.seek(getattr(self, "_hub_log_start", 0))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def stop_servers(self) -> None:
         headers = {"Authorization": f"token {self.state.secret('cli-token')}"}

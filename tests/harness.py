@@ -59,7 +59,7 @@ def write_site(directory: Path, overrides: dict[str, Any] | None = None) -> Path
             "hub_port": free_port(),
             "proxy_api_port": free_port(),
             "service_ports": free_port_range(),
-            "state_dir": "state",
+            "state_dir": str(_state_root() / uuid.uuid4().hex[:12] / "state"),
             "admins": ["admin"],
         },
         "services": {"idle_culler": True, "metrics": True},
@@ -74,6 +74,20 @@ def write_site(directory: Path, overrides: dict[str, Any] | None = None) -> Path
     path = directory / "atlaslab.yaml"
     path.write_text(yaml.safe_dump(site, sort_keys=False))
     return path
+
+
+STATE_ROOT = Path("/var/tmp/atlaslab-tests")
+
+
+def _state_root() -> Path:
+    """Where test sites keep their state: like /var/lib, other accounts may pass through but not list.
+
+    Not under pytest's temp root: pytest makes that 0700 again whenever another session starts, and a
+    course's grader account must reach its course directory inside the state dir.
+    """
+    STATE_ROOT.mkdir(parents=True, exist_ok=True)
+    STATE_ROOT.chmod(0o711)
+    return STATE_ROOT
 
 
 def _make_traversable(directory: Path) -> None:

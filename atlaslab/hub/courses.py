@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from atlaslab.config import LoadedConfig
 from atlaslab.grading.courses import ensure_course_dir, grader_account
 from atlaslab.hub.membership import course_group
 from atlaslab.hub.state import StateDir
 
-SINGLEUSER = str(Path(sys.executable).with_name("jupyterhub-singleuser"))
+# The same fast launcher as users' servers (atlaslab/hub/singleuser.py): the hub waits for each formgrader.
+SINGLEUSER = [sys.executable, "-m", "atlaslab.hub.singleuser"]
 
 
 def formgrader_port(loaded: LoadedConfig, course: str) -> int:
@@ -31,7 +31,7 @@ def formgrader_service(loaded: LoadedConfig, state: StateDir, course: str) -> tu
         "name": course,
         "display": True,
         "url": f"http://127.0.0.1:{formgrader_port(loaded, course)}",
-        "command": [SINGLEUSER],
+        "command": SINGLEUSER,
         "cwd": str(cd.root),
         "oauth_no_confirm": True,
         "environment": {
@@ -46,7 +46,7 @@ def formgrader_service(loaded: LoadedConfig, state: StateDir, course: str) -> tu
     if os.geteuid() == 0:
         service["user"] = grader_account(course)
     else:
-        service["command"] = [SINGLEUSER, "--ServerApp.allow_root=False"]
+        service["command"] = [*SINGLEUSER, "--ServerApp.allow_root=False"]
     role = {
         "name": f"formgrader.{course}",
         "description": f"Open the formgrader of {course}",
