@@ -266,7 +266,7 @@ class AtlasLabSpawner(LocalProcessSpawner):
         return os.path.join(self.dev_home_root or "/tmp/atlaslab-homes", self.user.name)
 
     def get_args(self) -> list[str]:
-        args = super().get_args()
+        args = list(super().get_args())  # a copy: JupyterHub returns self.args itself, which must not grow
         disabled = list(self.disabled_server_extensions)
         if not any(group.name.startswith("course:") for group in self.user.groups):
             disabled += [e for e in self.course_server_extensions if e not in disabled]
