@@ -135,5 +135,8 @@ def users_import(
     raise typer.Exit(hubapi.import_roster(loaded, roster, course, out, err))
 
 
+from . import grading as grading  # noqa: E402  (adds `grade` and `grades export`; uses the names above)
+
+
 def main() -> None:
     app()
