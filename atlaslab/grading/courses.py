@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import pwd
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from atlaslab.hub.accounts import ensure_service_account
 from atlaslab.hub.state import write_private
 
 GRADER_PREFIX = "grader-"
@@ -60,28 +60,7 @@ def grader_account(course: str) -> str:
 
 def ensure_grader_account(course: str) -> pwd.struct_passwd | None:
     """The grader account of ``course``, created if missing; None when not root (development mode)."""
-    if os.geteuid() != 0:
-        return None
-    name = grader_account(course)
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                "--user-group",
-                "--comment",
-                f"AtlasLab grader of {course}",
-                name,
-            ],
-            check=True,
-            capture_output=True,
-        )
-        return pwd.getpwnam(name)
+    return ensure_service_account(grader_account(course), f"AtlasLab grader of {course}")
 
 
 def ensure_course_dir(state_root: Path, course: str) -> CourseDir:

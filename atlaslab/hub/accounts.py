@@ -56,3 +56,31 @@ def ensure_account(hub_name: str, home_root: Path) -> pwd.struct_passwd:
     # Homes are private: no other student (or their kernels) may list or read them.
     os.chmod(entry.pw_dir, 0o700)
     return entry
+
+
+def ensure_service_account(name: str, comment: str) -> pwd.struct_passwd | None:
+    """A system account with no home and no login shell (graders, the exchange), created if missing.
+
+    None when the hub is not root: in development mode everything runs as the hub's own account.
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--user-group",
+                "--comment",
+                comment,
+                name,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(name)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from traitlets.config import Config
 
 from atlaslab.config import LoadedConfig
 from atlaslab.grading.exchange import SERVICE_NAME
+from atlaslab.hub.accounts import ensure_service_account
 from atlaslab.hub.state import StateDir
 
 EXCHANGE_ACCOUNT = "atlaslab-exchange"
@@ -104,27 +104,7 @@ def ensure_client_config(state: StateDir) -> Path:
 
 def ensure_exchange_account() -> pwd.struct_passwd | None:
     """The exchange's system account, created if missing; None when the hub is not root."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam(EXCHANGE_ACCOUNT)
-    except KeyError:
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                "--user-group",
-                "--comment",
-                "AtlasLab exchange",
-                EXCHANGE_ACCOUNT,
-            ],
-            check=True,
-            capture_output=True,
-        )
-        return pwd.getpwnam(EXCHANGE_ACCOUNT)
+    return ensure_service_account(EXCHANGE_ACCOUNT, "AtlasLab exchange")
 
 
 def ensure_exchange_dir(state: StateDir) -> Path:
