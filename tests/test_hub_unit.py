@@ -255,7 +255,7 @@ def test_configure_users(example: LoadedConfig) -> None:
 def test_configure_limits(example: LoadedConfig) -> None:
     c = configured(apply_mod.configure_limits, example)
     assert c.JupyterHub.active_server_limit == 200
-    assert c.JupyterHub.concurrent_spawn_limit == 20
+    assert c.JupyterHub.concurrent_spawn_limit == 100
 
 
 def test_configure_spawner(example: LoadedConfig, state: StateDir, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -435,7 +435,7 @@ def plain(c: Config) -> dict:
 def test_apply_sets_the_limits_and_services(example: LoadedConfig, tmp_path: Path) -> None:
     c = apply_mod.apply(Config(), with_state_dir(example, tmp_path / "state"))
     assert c.JupyterHub.active_server_limit == 200
-    assert c.JupyterHub.concurrent_spawn_limit == 20
+    assert c.JupyterHub.concurrent_spawn_limit == 100
     assert [s["name"] for s in c.JupyterHub.services][:3] == ["atlaslab-cli", "idle-culler", "prometheus"]
     assert {r["name"] for r in c.JupyterHub.load_roles} >= {
         "tenant-admin.rd-atlas",

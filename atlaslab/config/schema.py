@@ -369,7 +369,12 @@ class Limits(Model):
     idle_cull_after: Duration = Field(3600, description="Stop servers idle this long (e.g. 1h); 0 disables.")
     max_server_age: Duration = Field(0, description="Stop servers older than this whatever they do; 0 disables.")
     max_servers: int = Field(0, ge=0, description="Most servers running at once on the site; 0 means no limit.")
-    concurrent_spawns: int = Field(20, ge=1, description="Most servers starting at the same moment.")
+    concurrent_spawns: int = Field(
+        100,
+        ge=1,
+        description="Most spawn requests in progress at once; more are refused (HTTP 429, try again). Starting"
+        " servers still queue for one start slot per CPU core, so a class logging in together is not refused.",
+    )
     start_timeout: Duration = Field(120, description="Give up on a server that has not started after this long.")
 
 
