@@ -17,8 +17,10 @@ not hostile (all but the looping and invalid ones) must be identical between sto
 and are compared from the gradebooks; the script exits 1 if any differs.
 
 Reported per run: wall time (process start to exit, imports included), submissions per second, the ratio
-to stock, the load average when it started, and the CPU time of the whole process tree when cgroup v1's
-cpuacct is available (each run in its own cpuacct group).
+to stock, the CPU time of the whole process tree when cgroup v1's cpuacct is available (each run in its own
+cpuacct group), and "foreign cpu": CPU time the machine spent on other processes during the run (others'
+load on the shared cores; a run with much of it is slower than it should be). Before each run the script
+waits, up to 60 s, for 2 s of a nearly idle CPU (``--no-settle`` to skip).
 
     sudo python benchmarks/autograde.py                     # 200 submissions, workers 1, 2, 4
     sudo python benchmarks/autograde.py --submissions 40 --workers 2
@@ -142,8 +144,27 @@ def scores(root: Path) -> dict[str, float]:
     return {student: float(score) for student, score in rows}
 
 
-def timed(name: str, cmd: list[str], cwd: Path) -> dict:
-    """Run ``cmd``; wall time, and CPU time of its whole process tree when cpuacct (v1) is there."""
+def busy_seconds() -> float:
+    """CPU time the whole machine has spent busy (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def settle(limit: float = 60.0) -> float:
+    """Wait (up to ``limit`` s) until the machine has been nearly idle for 2 s; return the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        before = busy_seconds()
+        time.sleep(2)
+        if busy_seconds() - before < 0.3:  # under 0.15 of a core on average
+            break
+    return time.monotonic() - start
+
+
+def timed(name: str, cmd: list[str], cwd: Path, *, wait_idle: bool) -> dict:
+    """Run ``cmd``: wall time, the CPU time of its process tree (cgroup v1 cpuacct, when there) and the CPU
+    time the machine spent on other processes meanwhile ("foreign": others' load on the shared cores)."""
     group = CPUACCT / f"atlaslab-bench-{uuid.uuid4().hex[:8]}" if (CPUACCT / "cgroup.procs").exists() else None
     if group is not None:
         group.mkdir()
@@ -152,15 +173,19 @@ def timed(name: str, cmd: list[str], cwd: Path) -> dict:
         if group is not None:
             (group / "cgroup.procs").write_text(str(os.getpid()))
 
+    waited = settle() if wait_idle else 0.0
     load = os.getloadavg()[0]
+    busy = busy_seconds()
     start = time.monotonic()
     proc = subprocess.run(
         cmd, cwd=cwd, env={**env(), "COLUMNS": "160"}, capture_output=True, text=True, preexec_fn=enter
     )
     wall = time.monotonic() - start
-    cpu = None
+    busy = busy_seconds() - busy
+    cpu = foreign = None
     if group is not None:
         cpu = int((group / "cpuacct.usage").read_text()) / 1e9
+        foreign = max(0.0, busy - cpu)
         for _ in range(50):
             try:
                 group.rmdir()
@@ -171,7 +196,9 @@ def timed(name: str, cmd: list[str], cwd: Path) -> dict:
         "name": name,
         "wall": wall,
         "cpu": cpu,
+        "foreign_cpu": foreign,
         "load": load,
+        "settled": waited,
         "rc": proc.returncode,
         "out": proc.stdout[-3000:],
         "err": proc.stderr[-3000:],
@@ -184,6 +211,9 @@ def main() -> int:
     ap.add_argument("--workers", default="1,2,4", help="comma-separated worker counts for atlaslab grade")
     ap.add_argument("--timeout", type=float, default=5.0, help="seconds: stock's cell timeout, our notebook limit")
     ap.add_argument("--skip-stock", action="store_true", help="only atlaslab (no ratio, no score check)")
+    ap.add_argument(
+        "--no-settle", dest="settle", action="store_false", help="do not wait for an idle CPU before each run"
+    )
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--keep", action="store_true", help="keep the course directories")
     args = ap.parse_args()
@@ -205,7 +235,7 @@ def main() -> int:
         root = base / "stock"
         shutil.copytree(template, root)
         cmd = [sys.executable, "-m", "nbgrader", "autograde", ASSIGNMENT, f"--Execute.timeout={int(args.timeout)}"]
-        r = timed("stock nbgrader autograde", cmd, root)
+        r = timed("stock nbgrader autograde", cmd, root, wait_idle=args.settle)
         reference = scores(root)
         r["scores"] = reference
         runs.append(r)
@@ -215,7 +245,7 @@ def main() -> int:
         shutil.copytree(template, root)
         cmd = [sys.executable, "-m", "atlaslab.cli", "grade", "bench", ASSIGNMENT, "--course-dir", str(root)]
         cmd += ["--workers", str(w), "--timeout", f"{args.timeout:g}"]
-        r = timed(f"atlaslab grade -j {w}", cmd, root)
+        r = timed(f"atlaslab grade -j {w}", cmd, root, wait_idle=args.settle)
         r["scores"] = scores(root)
         runs.append(r)
         if r["rc"] != 0:
@@ -255,6 +285,8 @@ def _line(r: dict, n: int, stock: dict | None) -> str:
         text += f"  {stock['wall'] / r['wall']:5.2f}x stock"
     if r["cpu"] is not None:
         text += f"  cpu {r['cpu']:6.1f} s ({r['cpu'] / n * 1000:4.0f} ms/subm)"
+    if r["foreign_cpu"] is not None:
+        text += f"  foreign cpu {r['foreign_cpu']:5.1f} s"
     text += f"  load {r['load']:.1f}"
     if r["rc"] != 0:
         text += f"  (exit {r['rc']})"

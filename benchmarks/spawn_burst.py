@@ -21,7 +21,14 @@ Every simulated user is a thread doing what a browser does, through the public p
 
 A warm-up user runs the whole path alone before the burst (not counted), so both systems start with the
 same page cache. Peak memory is the largest sum of RSS over the system's process tree (supervisor or hub,
-proxy, services, user servers, kernels), sampled every 0.25 s during the run.
+proxy, services, user servers, kernels), sampled every 0.25 s during the run. From the burst's start to the
+last first result the same sampler counts CPU seconds per kind of process, the time the hub and proxy spent
+waiting for a CPU, and the CPU the machine spent on processes that are not this run's (other people's work
+skews the figures; each system also waits for an idle CPU before it starts, ``--settle``).
+
+Stock JupyterHub gives a server 30 s (``Spawner.http_timeout``) to answer; on a small machine a burst of 30
+exceeds that and most stock users fail. ``--stock-http-timeout 300`` lets them finish for a like-for-like
+comparison of times.
 
     python benchmarks/spawn_burst.py                  # 30 users, both systems, ratios
     python benchmarks/spawn_burst.py --users 1        # one uncontended user
