@@ -26,6 +26,9 @@ waits, up to 60 s, for 2 s of a nearly idle CPU (``--no-settle`` to skip).
     sudo python benchmarks/autograde.py --submissions 40 --workers 2
     sudo python benchmarks/autograde.py --json out.json --keep
 
+A run that saw more than ``--max-foreign`` seconds of other processes' CPU is measured again on a fresh copy
+(``--retries`` times at most); the cleanest attempt is reported, the others are listed as discarded.
+
 Needs root (the sandbox). Others' load on the machine changes absolute times: check ``load`` in the output.
 """
 
@@ -214,6 +217,8 @@ def main() -> int:
     ap.add_argument(
         "--no-settle", dest="settle", action="store_false", help="do not wait for an idle CPU before each run"
     )
+    ap.add_argument("--max-foreign", type=float, default=15.0, help="seconds of others' CPU a run may see")
+    ap.add_argument("--retries", type=int, default=2, help="runs again (fresh copy) past --max-foreign")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--keep", action="store_true", help="keep the course directories")
     args = ap.parse_args()
@@ -229,28 +234,44 @@ def main() -> int:
     # Warm the page cache for both (imports), so neither pays the first cold start.
     subprocess.run([sys.executable, "-c", "import nbgrader.apps, nbconvert, ipykernel.kernelapp, atlaslab.cli"])
 
-    runs = []
+    runs: list[dict] = []
+    discarded: list[dict] = []
+
+    def measure(name: str, cmd: list[str], label: str) -> dict:
+        """Run on fresh copies until one has little foreign CPU (or attempts run out): keep the cleanest."""
+        attempts = []
+        for attempt in range(1 + args.retries):
+            root = base / f"{label}-{attempt}"
+            shutil.copytree(template, root)
+            r = timed(name, cmd, root, wait_idle=args.settle)
+            r["scores"] = scores(root)
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+            attempts.append(r)
+            if r["foreign_cpu"] is None or r["foreign_cpu"] <= args.max_foreign:
+                break
+            print(f"  ({name}: {r['wall']:.1f} s with {r['foreign_cpu']:.1f} s of foreign CPU: measuring again)")
+        best = min(attempts, key=lambda r: r["foreign_cpu"] or 0.0)
+        discarded.extend(r for r in attempts if r is not best)
+        return best
+
     reference = None
     if not args.skip_stock:
-        root = base / "stock"
-        shutil.copytree(template, root)
         cmd = [sys.executable, "-m", "nbgrader", "autograde", ASSIGNMENT, f"--Execute.timeout={int(args.timeout)}"]
-        r = timed("stock nbgrader autograde", cmd, root, wait_idle=args.settle)
-        reference = scores(root)
-        r["scores"] = reference
+        r = measure("stock nbgrader autograde", cmd, "stock")
+        reference = r["scores"]
         runs.append(r)
         print(_line(r, args.submissions, None), flush=True)
     for w in workers:
-        root = base / f"atlaslab-{w}"
-        shutil.copytree(template, root)
-        cmd = [sys.executable, "-m", "atlaslab.cli", "grade", "bench", ASSIGNMENT, "--course-dir", str(root)]
+        cmd = [sys.executable, "-m", "atlaslab.cli", "grade", "bench", ASSIGNMENT, "--course-dir", "."]
         cmd += ["--workers", str(w), "--timeout", f"{args.timeout:g}"]
-        r = timed(f"atlaslab grade -j {w}", cmd, root, wait_idle=args.settle)
-        r["scores"] = scores(root)
+        r = measure(f"atlaslab grade -j {w}", cmd, f"atlaslab-{w}")
         runs.append(r)
         if r["rc"] != 0:
             print(r["out"], r["err"], file=sys.stderr)
         print(_line(r, args.submissions, runs[0] if reference is not None else None), flush=True)
+    for r in discarded:
+        print(f"discarded: {_line(r, args.submissions, None)}")
 
     failures = 0
     if reference is not None:
@@ -268,9 +289,10 @@ def main() -> int:
             " assignment') and records no score for them; atlaslab records 0 with the status 'invalid notebook'"
         )
     if args.json:
-        for r in runs:
+        for r in runs + discarded:
             r.pop("scores", None)
-        args.json.write_text(json.dumps({"submissions": args.submissions, "kinds": counts, "runs": runs}, indent=1))
+        figures = {"submissions": args.submissions, "kinds": counts, "runs": runs, "discarded": discarded}
+        args.json.write_text(json.dumps(figures, indent=1))
     if args.keep:
         print(f"course directories kept in {base}")
     else:

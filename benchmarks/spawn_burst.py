@@ -239,11 +239,9 @@ class AtlasLab(System):
                 "state_dir": "state",
             },
             "login": [{"provider": "shared-password", "password": {"file": secret.name}}],
-            # The same no-account spawning as SimpleLocalProcessSpawner.
+            # The same no-account spawning as SimpleLocalProcessSpawner. Everything else as shipped (including
+            # limits.concurrent_spawns, 100 like stock's concurrent_spawn_limit).
             "spawner": {"isolation": "none"},
-            # Stock JupyterHub's concurrent_spawn_limit is 100; AtlasLab's default (20) would turn a burst of
-            # 30 into 429 answers, so the comparison uses the same limit.
-            "limits": {"concurrent_spawns": 100},
         }
         self.config.write_text(yaml.safe_dump(site, sort_keys=False))
         return [sys.executable, "-m", "atlaslab.cli", "up", "--config", str(self.config)]
@@ -514,6 +512,10 @@ class User:
                 r = self.http.get(f"/user/{self.name}/api/status", headers=headers, timeout=min(30.0, self.remaining()))
                 if r.status_code == 200:
                     return
+                if r.status_code in (401, 403):
+                    # Seen with stock JupyterHub: two spawns got the same random port, the hub took the other
+                    # user's server for this one's and routed this user there, which refuses the token.
+                    raise RuntimeError(f"the proxy routes {self.name} to a server that refuses its token")
             time.sleep(0.02)
             self.remaining()
 
