@@ -33,7 +33,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def free_port_range(size: int = 10) -> int:
+def free_port_range(size: int = 20) -> int:
     """The first of ``size`` consecutive free ports (for the site's own services)."""
     for _ in range(100):
         base = free_port()

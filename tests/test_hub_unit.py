@@ -283,7 +283,10 @@ def test_configure_spawner(example: LoadedConfig, state: StateDir, monkeypatch: 
     assert s.dev_home_root == str(state.dev_homes)
     assert s.default_url == "/lab"
     assert s.start_timeout == s.http_timeout == 120
-    assert s.environment == {"ATLASLAB_SITE": "Atlas AI Lab - Benguerir"}
+    assert s.environment["ATLASLAB_SITE"] == "Atlas AI Lab - Benguerir"
+    # Users run this venv's tools first, and nothing under /root (unreadable to them).
+    path = s.environment["PATH"].split(":")
+    assert path[0] == str(Path(sys.executable).parent) and not any(p.startswith("/root") for p in path)
 
 
 def test_isolation_mode(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -344,22 +347,22 @@ def test_extra_services_and_no_metrics(state: StateDir) -> None:
 services:
   metrics: false
   extra:
-    - {name: mlflow, command: [mlflow, server], port: 5000, scopes: [read:users], environment: {A: b}}
+    - {name: tensorboard, command: [tensorboard, --logdir, runs], port: 5000, scopes: [read:users], environment: {A: b}}
     - {name: quiet, command: [sleep, infinity]}
 """
     )
     c = Config()
     service_roles = apply_mod.configure_services(c, loaded, state)
     services = {s["name"]: s for s in c.JupyterHub.services}
-    assert list(services) == ["atlaslab-cli", "idle-culler", "mlflow", "quiet"]
-    assert services["mlflow"] == {
-        "name": "mlflow",
-        "command": ["mlflow", "server"],
+    assert list(services) == ["atlaslab-cli", "idle-culler", "tensorboard", "quiet"]
+    assert services["tensorboard"] == {
+        "name": "tensorboard",
+        "command": ["tensorboard", "--logdir", "runs"],
         "environment": {"A": "b"},
         "url": "http://127.0.0.1:5000",
     }
     assert "url" not in services["quiet"]
-    assert {"name": "service-mlflow", "scopes": ["read:users"], "services": ["mlflow"]} in service_roles
+    assert {"name": "service-tensorboard", "scopes": ["read:users"], "services": ["tensorboard"]} in service_roles
     assert not any(r["name"] == "service-quiet" for r in service_roles)
 
 

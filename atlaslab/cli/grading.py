@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 import time
 from collections import Counter
@@ -38,6 +40,9 @@ def grade(
     processes: Annotated[int, typer.Option("--processes", help="Processes and threads per notebook.")] = 64,
     file_size: Annotated[str, typer.Option("--file-size", help="Largest file a notebook may write.")] = "64M",
     disk: Annotated[str, typer.Option("--disk", help="Private /tmp per notebook, its files included.")] = "256M",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the results as JSON (one object per student) instead of a table.")
+    ] = False,
     course_dir: CourseDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -57,6 +62,7 @@ def grade(
         disk=_size(disk),
         out=out,
         err=err,
+        as_json=as_json,
     )
     raise typer.Exit(code)
 
@@ -124,6 +130,7 @@ def run_grade(
     disk: int,
     out: Console,
     err: Console,
+    as_json: bool = False,
 ) -> int:
     from atlaslab.grading.autograde import AutogradeError, GradeOptions, autograde
     from atlaslab.grading.sandbox import SandboxLimits
@@ -166,6 +173,10 @@ def run_grade(
         err.print("interrupted; run the same command again to go on where it stopped")
         return 130
     elapsed = time.monotonic() - started
+    if as_json:
+        # Plain stdout: rich would wrap long lines and break the JSON.
+        print(json.dumps([dataclasses.asdict(o) for o in outcomes]))
+        return 0
     if not outcomes:
         out.print(f"no submissions of {escape(assignment)} in {escape(str(root / 'submitted'))}")
         return 0

@@ -36,7 +36,7 @@ SECRET_FIELDS = ("client_secret", "password", "admin_password")
 PASSWORD_FIELDS = ("password", "admin_password")
 SYSTEM_CONFIG = Path("/etc/atlaslab/atlaslab.yaml")
 # Names the hub's own services use (atlaslab.hub.services); an extra service may not take them.
-RESERVED_SERVICES = ("atlaslab-cli", "idle-culler", "prometheus", "exchange")
+RESERVED_SERVICES = ("atlaslab-cli", "idle-culler", "prometheus", "exchange", "autograder", "mlflow")
 # Hosts whose ports the hub and proxy API (both on 127.0.0.1) would share.
 _LOCAL_HOSTS = ("0.0.0.0", "::", "127.0.0.1", "localhost", "")
 

@@ -67,8 +67,8 @@ class Site(Model):
         10100,
         ge=1024,
         le=65000,
-        description="First of the ports on 127.0.0.1 used by AtlasLab's own services (the exchange, then one"
-        " formgrader per course, in site-config order).",
+        description="First of the ports on 127.0.0.1 used by AtlasLab's own services: this one for the exchange,"
+        " +1 the autograder, +2 experiment tracking, +10 onwards one formgrader per course in site-config order.",
     )
     base_url: str = Field(
         "/", description="URL prefix of the whole workbench, e.g. /lab/ when it shares a domain.", pattern=r"^/"
@@ -311,6 +311,11 @@ class Course(Model):
     )
     environments: list[Identifier] = Field(
         default_factory=list, description="Extra environments the course's members may start."
+    )
+    reveal_hidden_tests: bool = Field(
+        False,
+        description="Show hidden tests (their code and output) in the feedback students fetch. Off: feedback"
+        " shows only that a hidden test failed.",
     )
 
 

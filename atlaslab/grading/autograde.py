@@ -770,36 +770,6 @@ def _zero_notebook(coursedir, assignment: str, student: str, notebook_id: str) -
 # ------------------------------------------------------------------------------------------- feedback
 
 
-def _hide_hidden_tests_class():
-    from nbformat.v4 import new_output
-    from nbgrader.preprocessors import ClearHiddenTests
-
-    class HideHiddenTests(ClearHiddenTests):
-        """Feedback without hidden tests: their source goes, and so does whatever their cell printed.
-
-        A failing hidden test's traceback quotes its code and an assertion message may quote the expected
-        value, so an error in such a cell is reduced to its exception name; other output is dropped.
-        """
-
-        enforce_metadata = False
-
-        def preprocess_cell(self, cell, resources, cell_index):
-            try:
-                removed = self._remove_hidden_test_region(cell)
-            except RuntimeError:  # unbalanced markers: hide the whole cell
-                cell.source, removed = "# (hidden tests)", True
-            if removed and cell.cell_type == "code":
-                kept = []
-                for out in cell.get("outputs", []):
-                    if out.get("output_type") == "error":
-                        line = f"{out.get('ename', 'Error')}: a hidden test failed (details are not shown)"
-                        kept.append(new_output("error", ename=out.get("ename", "Error"), evalue="", traceback=[line]))
-                cell.outputs = kept
-            return cell, resources
-
-    return HideHiddenTests
-
-
 def generate_feedback(
     course_root: str | os.PathLike[str],
     assignment: str,
@@ -810,14 +780,14 @@ def generate_feedback(
 ) -> list[Path]:
     """Run nbgrader's generate_feedback on the autograded submissions; return the feedback files written.
 
-    Trusted side only (nothing is executed). Unless the course reveals them, hidden tests are removed from
-    the feedback, with their output (see ``HideHiddenTests``).
+    Trusted side only (nothing is executed). Unless ``reveal_hidden_tests``, hidden tests are removed from
+    the feedback, with their output (see :class:`atlaslab.grading.feedback.HideHiddenTests`).
     """
-    from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
     from nbgrader.apps.generatefeedbackapp import GenerateFeedbackApp
     from nbgrader.converters.base import NbGraderException
     from nbgrader.converters.generate_feedback import GenerateFeedback
-    from nbgrader.preprocessors import GetGrades
+
+    from atlaslab.grading.feedback import feedback_preprocessors
 
     root = Path(course_root).resolve()
     here = os.getcwd()
@@ -832,8 +802,7 @@ def generate_feedback(
             app.coursedir.student_id = student
             conv = GenerateFeedback(coursedir=app.coursedir, parent=app)
             conv.force = force
-            if not reveal_hidden_tests:
-                conv.preprocessors = [GetGrades, _hide_hidden_tests_class(), CSSHTMLHeaderPreprocessor]
+            conv.preprocessors = feedback_preprocessors(reveal_hidden_tests)
             with contextlib.suppress(NbGraderException):  # nothing autograded for this student
                 conv.start()
         feedback = Path(app.coursedir.format_path(app.coursedir.feedback_directory, ".", "."))

@@ -12,6 +12,7 @@ import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
+from atlaslab.grading.feedback import feedback_preprocessors
 from atlaslab.hub.accounts import ensure_service_account
 from atlaslab.hub.state import write_private
 
@@ -22,6 +23,8 @@ c = get_config()  # noqa: F821
 c.CourseDirectory.course_id = {course!r}
 c.CourseDirectory.root = {root!r}
 c.Authenticator.plugin_class = "atlaslab.grading.nbauth.HubGroupsAuthPlugin"
+# Feedback {feedback_note}
+c.GenerateFeedback.preprocessors = {feedback!r}
 """
 SERVER_CONFIG = """\
 # Written by AtlasLab: the formgrader of course {course!r}, served as a hub service.
@@ -34,6 +37,8 @@ c.ServerApp.jpserver_extensions = {{
     "nbgrader.server_extensions.create_assignment": True,
     "nbgrader.server_extensions.course_list": True,
     "nbgrader.server_extensions.assignment_list": False,
+    # The formgrader's Autograde button grades in AtlasLab's sandbox, not in this process.
+    "atlaslab.grading.formgrader": True,
 }}
 c.ServerApp.root_dir = {root!r}
 """
@@ -63,7 +68,18 @@ def ensure_grader_account(course: str) -> pwd.struct_passwd | None:
     return ensure_service_account(grader_account(course), f"AtlasLab grader of {course}")
 
 
-def ensure_course_dir(state_root: Path, course: str) -> CourseDir:
+def nbgrader_config(course: str, root: Path, reveal_hidden_tests: bool = False) -> str:
+    return NBGRADER_CONFIG.format(
+        course=course,
+        root=str(root),
+        feedback=feedback_preprocessors(reveal_hidden_tests),
+        feedback_note="shows hidden tests (the course reveals them)."
+        if reveal_hidden_tests
+        else "never shows hidden tests, their code or what they printed.",
+    )
+
+
+def ensure_course_dir(state_root: Path, course: str, reveal_hidden_tests: bool = False) -> CourseDir:
     """Create or refresh the course directory and its nbgrader/server configs (idempotent)."""
     courses = state_root / "courses"
     courses.mkdir(parents=True, exist_ok=True)
@@ -72,8 +88,9 @@ def ensure_course_dir(state_root: Path, course: str) -> CourseDir:
     cd = CourseDir(course, courses / course)
     for sub in (cd.root, cd.root / "source", cd.config_dir):
         sub.mkdir(exist_ok=True)
-    write_private(cd.root / "nbgrader_config.py", NBGRADER_CONFIG.format(course=course, root=str(cd.root)))
-    write_private(cd.config_dir / "nbgrader_config.py", NBGRADER_CONFIG.format(course=course, root=str(cd.root)))
+    config = nbgrader_config(course, cd.root, reveal_hidden_tests)
+    write_private(cd.root / "nbgrader_config.py", config)
+    write_private(cd.config_dir / "nbgrader_config.py", config)
     write_private(cd.config_dir / "jupyter_server_config.py", SERVER_CONFIG.format(course=course, root=str(cd.root)))
     account = ensure_grader_account(course)
     if account is not None:

@@ -7,6 +7,7 @@ import os
 import pwd
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 PREFIX = "jupyter-"
@@ -84,3 +85,13 @@ def ensure_service_account(name: str, comment: str) -> pwd.struct_passwd | None:
             capture_output=True,
         )
         return pwd.getpwnam(name)
+
+
+def server_path() -> str:
+    """PATH for processes run as other accounts: this venv's bin first, nothing under /root (unreadable there,
+    and a pyenv shim found first fails with 'Permission denied' instead of falling through)."""
+    kept = [Path(sys.executable).parent.as_posix()]
+    for entry in [*os.environ.get("PATH", "").split(":"), "/usr/local/bin", "/usr/bin", "/bin"]:
+        if entry and entry not in kept and not (entry == "/root" or entry.startswith("/root/")):
+            kept.append(entry)
+    return ":".join(kept)

@@ -16,6 +16,7 @@ from traitlets.config import Config
 from atlaslab.config import LoadedConfig
 
 from . import membership, roles, services
+from .accounts import server_path
 from .auth import configure_authenticator
 from .courses import course_services
 from .grading import configure_grading
@@ -118,7 +119,7 @@ def configure_spawner(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
     c.AtlasLabSpawner.disabled_server_extensions = disabled
     c.AtlasLabSpawner.course_server_extensions = COURSE_SERVER_EXTENSIONS
     c.AtlasLabSpawner.env_keep = ["PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH"]
-    c.AtlasLabSpawner.environment = {"ATLASLAB_SITE": loaded.site.site.name}
+    c.AtlasLabSpawner.environment = {"ATLASLAB_SITE": loaded.site.site.name, "PATH": server_path()}
 
 
 def configure_limits(c: Config, loaded: LoadedConfig) -> None:

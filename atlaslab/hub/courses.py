@@ -13,20 +13,17 @@ import sys
 
 from atlaslab.config import LoadedConfig
 from atlaslab.grading.courses import ensure_course_dir, grader_account
+from atlaslab.hub.accounts import server_path
 from atlaslab.hub.membership import course_group
+from atlaslab.hub.ports import formgrader_port
 from atlaslab.hub.state import StateDir
 
 # The same fast launcher as users' servers (atlaslab/hub/singleuser.py): the hub waits for each formgrader.
 SINGLEUSER = [sys.executable, "-m", "atlaslab.hub.singleuser"]
 
 
-def formgrader_port(loaded: LoadedConfig, course: str) -> int:
-    """Ports are fixed per course (base + 1 + position) so applying the config twice gives the same."""
-    return loaded.site.site.service_ports + 1 + list(loaded.site.courses).index(course)
-
-
 def formgrader_service(loaded: LoadedConfig, state: StateDir, course: str) -> tuple[dict, dict]:
-    cd = ensure_course_dir(state.root, course)
+    cd = ensure_course_dir(state.root, course, loaded.site.courses[course].reveal_hidden_tests)
     service = {
         "name": course,
         "display": True,
@@ -40,7 +37,7 @@ def formgrader_service(loaded: LoadedConfig, state: StateDir, course: str) -> tu
             "JUPYTER_DATA_DIR": str(cd.root / ".local"),
             "HOME": str(cd.root),
             "JUPYTERHUB_DEFAULT_URL": "/lab?formgrader=true",
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PATH": server_path(),
         },
     }
     if os.geteuid() == 0:

@@ -30,7 +30,9 @@ from traitlets.config import Config
 
 from atlaslab.config import LoadedConfig
 from atlaslab.grading.exchange import SERVICE_NAME
-from atlaslab.hub.accounts import ensure_service_account
+from atlaslab.hub import ports
+from atlaslab.hub.accounts import ensure_service_account, server_path
+from atlaslab.hub.membership import course_group
 from atlaslab.hub.state import StateDir
 
 EXCHANGE_ACCOUNT = "atlaslab-exchange"
@@ -38,6 +40,8 @@ ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
 # JupyterHub's default scopes of a server's token ('server' role), plus the exchange.
 SERVER_TOKEN_SCOPES = ["users:activity!user", "access:servers!server", ACCESS_SCOPE]
 EXCHANGE_ROLE = "atlaslab-exchange-formgraders"
+AUTOGRADER_NAME = "autograder"
+AUTOGRADER_ROLE = "atlaslab-autograder-staff"
 CLIENT_CLASSES = {
     "exchange": "Exchange",
     "fetch_assignment": "ExchangeFetchAssignment",
@@ -60,8 +64,7 @@ def exchange_enabled(loaded: LoadedConfig) -> bool:
 
 
 def exchange_port(loaded: LoadedConfig) -> int:
-    """The first of the site's service ports (formgraders take the next ones: atlaslab/hub/courses.py)."""
-    return loaded.site.site.service_ports
+    return ports.service_port(loaded, ports.EXCHANGE)
 
 
 def exchange_prefix(loaded: LoadedConfig) -> str:
@@ -133,7 +136,7 @@ def exchange_service(loaded: LoadedConfig, state: StateDir) -> dict:
             "ATLASLAB_EXCHANGE_DB": f"sqlite:///{directory / 'exchange.sqlite'}",
             # Each course's formgrader is staff of its course (atlaslab/hub/courses.py names it after the course).
             "ATLASLAB_EXCHANGE_STAFF_SERVICES": json.dumps({course: course for course in loaded.site.courses}),
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PATH": server_path(),
         },
     }
     if os.geteuid() == 0:
@@ -190,6 +193,45 @@ def configure_exchange_clients(c: Config, loaded: LoadedConfig, state: StateDir)
             service["environment"].update(env)
 
 
+def autograder_url(loaded: LoadedConfig) -> str:
+    base = loaded.site.site.base_url.rstrip("/")
+    return f"http://127.0.0.1:{ports.service_port(loaded, ports.AUTOGRADER)}{base}/services/{AUTOGRADER_NAME}/"
+
+
+def autograder_service(loaded: LoadedConfig) -> dict:
+    """Runs `atlaslab grade` for the formgrader's Autograde button; as the hub's user, which the sandbox needs."""
+    return {
+        "name": AUTOGRADER_NAME,
+        "url": f"http://127.0.0.1:{ports.service_port(loaded, ports.AUTOGRADER)}",
+        "command": [sys.executable, "-m", "atlaslab.grading.service"],
+        "display": False,
+        "environment": {
+            "ATLASLAB_CONFIG": str(loaded.source.resolve()) if loaded.source else "",
+            "ATLASLAB_GRADE_STAFF_SERVICES": json.dumps({course: course for course in loaded.site.courses}),
+            "PATH": server_path(),
+        },
+    }
+
+
+def autograder_role(loaded: LoadedConfig) -> dict:
+    """Formgraders and course staff may call the autograder; which course they may grade it decides itself."""
+    return {
+        "name": AUTOGRADER_ROLE,
+        "description": "Course formgraders and staff autograde their course's submissions in the sandbox",
+        "scopes": [f"access:services!service={AUTOGRADER_NAME}"],
+        "services": list(loaded.site.courses),
+        "groups": [course_group(course, kind) for course in loaded.site.courses for kind in ("instructors", "tas")],
+    }
+
+
+def configure_autograder(c: Config, loaded: LoadedConfig) -> None:
+    c.JupyterHub.services = _replace(c.JupyterHub.get("services"), [autograder_service(loaded)], {AUTOGRADER_NAME})
+    c.JupyterHub.load_roles = _replace(c.JupyterHub.get("load_roles"), [autograder_role(loaded)], {AUTOGRADER_ROLE})
+    for service in c.JupyterHub.get("services") or []:
+        if service.get("name") in loaded.site.courses and isinstance(service.get("environment"), dict):
+            service["environment"]["ATLASLAB_AUTOGRADER_URL"] = autograder_url(loaded)
+
+
 def configure_grading(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
     """Everything grading adds to the hub; nothing on a site without courses."""
     if not exchange_enabled(loaded):
@@ -197,3 +239,4 @@ def configure_grading(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
     configure_exchange_service(c, loaded, state)
     configure_exchange_access(c)
     configure_exchange_clients(c, loaded, state)
+    configure_autograder(c, loaded)
