@@ -318,4 +318,41 @@ def test_configure_grading_adds_the_exchange_once_and_only_with_courses(tmp_path
     bare = parse(f"site: {{state_dir: {tmp_path / 'bare'}}}\n")
     c = apply_mod.apply(Config(), bare)
     assert "exchange" not in {s["name"] for s in c.JupyterHub.services}
-    assert "extra_user_scopes" not in c.JupyterHub
+    assert grading.ACCESS_SCOPE not in c.JupyterHub.get("extra_user_scopes", [])
+
+
+def test_site_config_puts_the_exchange_on_s3_and_another_database(s3_endpoint, tmp_path: Path, monkeypatch) -> None:
+    """grading.exchange_s3 / exchange_database in the site config reach the exchange service, which uses them."""
+    from atlaslab.grading.exchange.__main__ import context_from_env
+
+    endpoint, env = s3_endpoint
+    db_url = f"sqlite:///{tmp_path / 'elsewhere.sqlite'}"
+    monkeypatch.setenv("ATLASLAB_TEST_EXCHANGE_DB", db_url)
+    monkeypatch.setenv("ATLASLAB_TEST_S3_KEY", env["AWS_ACCESS_KEY_ID"])
+    (tmp_path / "s3-secret").write_text(env["AWS_SECRET_ACCESS_KEY"] + "\n")
+    os.chmod(tmp_path / "s3-secret", 0o600)
+    site = SITE.replace("STATE", str(tmp_path / "state")) + (
+        "grading:\n"
+        "  exchange_database: {env: ATLASLAB_TEST_EXCHANGE_DB}\n"
+        f"  exchange_s3: {{bucket: exchange, prefix: /site-b/, endpoint_url: '{endpoint}', region: us-east-1,"
+        f" access_key_id: {{env: ATLASLAB_TEST_S3_KEY}}, secret_access_key: {{file: {tmp_path / 's3-secret'}}}}}\n"
+        "  max_upload: 2M\n"
+    )
+    loaded = parse(site, check_secrets=True)
+    c = apply_mod.apply(Config(), loaded)
+    service_env = next(s for s in c.JupyterHub.services if s["name"] == "exchange")["environment"]
+    assert service_env["ATLASLAB_EXCHANGE_DB"] == db_url
+    assert service_env["ATLASLAB_EXCHANGE_BLOBS"] == "s3://exchange/site-b"
+    assert service_env["AWS_ENDPOINT_URL"] == endpoint and service_env["AWS_SECRET_ACCESS_KEY"] == "test"
+    assert service_env["ATLASLAB_EXCHANGE_MAX_UPLOAD"] == str(2 * 1024**2)
+    # The exchange, started from exactly that environment, keeps its records and files there.
+    for key, value in service_env.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    ctx, *_ = context_from_env({**service_env, "ATLASLAB_EXCHANGE_DIR": str(tmp_path / "exchange")})
+    assert isinstance(ctx.store.blobs, S3BlobStore) and ctx.max_upload == 2 * 1024**2
+    data = pack_files({"ps1.ipynb": b"{}"})
+    sha = ctx.store.blobs.put(data)
+    ctx.store.release("algebra", "ps1", sha256=sha, size=len(data), files=_files(data), by="teach", force=False)
+    assert ctx.store.blobs.client.head_object(Bucket="exchange", Key=f"site-b/{sha[:2]}/{sha[2:4]}/{sha}")
+    assert (tmp_path / "elsewhere.sqlite").exists() and not (tmp_path / "exchange" / "exchange.sqlite").exists()

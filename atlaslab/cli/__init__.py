@@ -136,6 +136,7 @@ def users_import(
 
 
 from . import grading as grading  # noqa: E402  (adds `grade` and `grades export`; uses the names above)
+from . import usage as usage  # noqa: E402  (adds `usage report`)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from atlaslab.cli import ConfigOpt, app, err, load_or_exit, out
 from atlaslab.config import LoadedConfig
+from atlaslab.config.schema import Grading
 
 grades_app = typer.Typer(help="Export grades from a course's gradebook.", no_args_is_help=True)
 app.add_typer(grades_app, name="grades")
@@ -32,11 +33,18 @@ CourseDirOpt = Annotated[
 def grade(
     course: Annotated[str, typer.Argument(help="Course id.")],
     assignment: Annotated[str, typer.Argument(help="Assignment name.")],
-    workers: Annotated[int | None, typer.Option("--workers", "-j", help="Notebooks at once (default: cores).")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-j", help="Notebooks at once (default: grading.workers, or cores).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Grade again submissions already graded.")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="Wall-clock limit per notebook, seconds.")] = 300.0,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Wall-clock limit per notebook, seconds (default: grading.notebook_timeout)."),
+    ] = None,
     student: Annotated[list[str] | None, typer.Option("--student", help="Only this student (repeatable).")] = None,
-    memory: Annotated[str, typer.Option("--memory", help="Memory per notebook.")] = "1G",
+    memory: Annotated[
+        str | None, typer.Option("--memory", help="Memory per notebook (default: grading.notebook_memory).")
+    ] = None,
     processes: Annotated[int, typer.Option("--processes", help="Processes and threads per notebook.")] = 64,
     file_size: Annotated[str, typer.Option("--file-size", help="Largest file a notebook may write.")] = "64M",
     disk: Annotated[str, typer.Option("--disk", help="Private /tmp per notebook, its files included.")] = "256M",
@@ -47,16 +55,18 @@ def grade(
     config: ConfigOpt = None,
 ) -> None:
     """Autograde all collected submissions of ASSIGNMENT in parallel, each notebook in a sandbox."""
-    root, hidden = _course_root_or_exit(course, course_dir, config)
+    loaded = None if course_dir else load_or_exit(config, check_secrets=False)
+    root, hidden = _course_root_or_exit(course, course_dir, loaded)
+    site = (loaded.site.grading if loaded else None) or Grading()
     code = run_grade(
         root,
         assignment,
         hidden=hidden,
-        workers=workers,
+        workers=workers or site.workers,
         force=force,
-        timeout=timeout,
+        timeout=timeout if timeout is not None else float(site.notebook_timeout),
         students=student,
-        memory=_size(memory),
+        memory=_size(memory) if memory is not None else site.notebook_memory,
         processes=processes,
         file_size=_size(file_size),
         disk=_size(disk),
@@ -76,12 +86,13 @@ def grades_export(
     config: ConfigOpt = None,
 ) -> None:
     """Write COURSE's grades as CSV: a row per student, a column per assignment, and a total."""
-    root, _ = _course_root_or_exit(course, course_dir, config)
+    root, _ = _course_root_or_exit(
+        course, course_dir, None if course_dir else load_or_exit(config, check_secrets=False)
+    )
     raise typer.Exit(run_export(root, output, max_row=max_row, out=out, err=err))
 
 
-def _course_root_or_exit(course: str, course_dir: Path | None, config: Path | None) -> tuple[Path, list[str]]:
-    loaded = None if course_dir else load_or_exit(config, check_secrets=False)
+def _course_root_or_exit(course: str, course_dir: Path | None, loaded: LoadedConfig | None) -> tuple[Path, list[str]]:
     try:
         return course_root(course, course_dir, loaded)
     except ValueError as e:

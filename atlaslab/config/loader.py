@@ -36,7 +36,7 @@ SECRET_FIELDS = ("client_secret", "password", "admin_password")
 PASSWORD_FIELDS = ("password", "admin_password")
 SYSTEM_CONFIG = Path("/etc/atlaslab/atlaslab.yaml")
 # Names the hub's own services use (atlaslab.hub.services); an extra service may not take them.
-RESERVED_SERVICES = ("atlaslab-cli", "idle-culler", "prometheus", "exchange", "autograder", "mlflow")
+RESERVED_SERVICES = ("atlaslab-cli", "idle-culler", "prometheus", "exchange", "autograder", "mlflow", "credits")
 # Hosts whose ports the hub and proxy API (both on 127.0.0.1) would share.
 _LOCAL_HOSTS = ("0.0.0.0", "::", "127.0.0.1", "localhost", "")
 
@@ -533,7 +533,7 @@ def _cross_check(loaded: LoadedConfig, check_secrets: bool) -> tuple[list[tuple[
     problems: list[tuple[Loc, str]] = []
     tenants, envs = list(site.tenants), list(site.environments)
 
-    def ref(loc: Loc, value: str, known: list[str], section: Literal["tenants", "environments"]) -> None:
+    def ref(loc: Loc, value: str, known: list[str], section: Literal["tenants", "environments", "teams"]) -> None:
         if value in known:
             return
         where = f"or use one of: {', '.join(known)}" if known else "(none defined yet)"
@@ -548,6 +548,14 @@ def _cross_check(loaded: LoadedConfig, check_secrets: bool) -> tuple[list[tuple[
             ref((section, cid, "tenant"), item.tenant, tenants, "tenants")
             for i, env in enumerate(item.environments):
                 ref((section, cid, "environments", i), env, envs, "environments")
+    for tid in site.credits.tenants:
+        ref(("credits", "tenants", tid), tid, tenants, "tenants")
+    for team in site.credits.teams:
+        ref(("credits", "teams", team), team, list(site.teams), "teams")
+    for section, quotas in (("tenants", site.credits.tenants), ("teams", site.credits.teams)):
+        for key, quota in quotas.items():
+            if quota.starts and quota.expires and quota.expires < quota.starts:
+                problems.append((("credits", section, key, "expires"), "expires is before starts; swap them"))
     defaults = [k for k, e in site.environments.items() if e.default]
     if len(defaults) > 1:
         message = f"{len(defaults)} environments set default: true ({', '.join(defaults)}); keep it on one"
@@ -578,6 +586,9 @@ def _cross_check(loaded: LoadedConfig, check_secrets: bool) -> tuple[list[tuple[
             )
         if check_secrets:
             problems += _check_secrets(loaded, i, provider)
+    if check_secrets:
+        problems += _check_grading_secrets(loaded)
+        problems += _check_tracking_secrets(loaded)
 
     names: dict[str, int] = {}
     for i, extra in enumerate(site.services.extra):
@@ -650,6 +661,41 @@ def _check_secrets(loaded: LoadedConfig, index: int, provider: Any) -> list[tupl
                 problems.append(
                     (loc, f"the password in {where} is shorter than {shortest} characters; write a longer one")
                 )
+    return problems
+
+
+def _check_grading_secrets(loaded: LoadedConfig) -> list[tuple[Loc, str]]:
+    grading = loaded.site.grading
+    refs: list[tuple[Loc, SecretRef | None]] = [(("grading", "exchange_database"), grading.exchange_database)]
+    if grading.exchange_s3 is not None:
+        for name in ("access_key_id", "secret_access_key"):
+            refs.append((("grading", "exchange_s3", name), getattr(grading.exchange_s3, name)))
+    problems: list[tuple[Loc, str]] = []
+    for loc, ref in refs:
+        if ref is not None:
+            _, error = _read_secret(ref, loaded.resolve)
+            if error is not None:
+                problems.append(((*loc, "env" if ref.env is not None else "file"), error))
+    return problems
+
+
+def _check_tracking_secrets(loaded: LoadedConfig) -> list[tuple[Loc, str]]:
+    tracking = loaded.site.tracking
+    if not tracking.enabled:
+        return []
+    problems: list[tuple[Loc, str]] = []
+    for name in ("database", "s3_access_key_id", "s3_secret_access_key"):
+        ref = getattr(tracking, name)
+        if ref is None:
+            continue
+        value, error = _read_secret(ref, loaded.resolve)
+        loc: Loc = ("tracking", name, "env" if ref.env is not None else "file")
+        if error is not None:
+            problems.append((loc, error))
+        elif name == "database" and not value.startswith(("postgresql", "mysql", "sqlite:", "mssql")):
+            problems.append(
+                (loc, "the tracking database must be an SQLAlchemy URL such as postgresql+psycopg://user:pw@host/db")
+            )
     return problems
 
 

@@ -6,6 +6,7 @@ values schema are generated from these models, so they are the single source of 
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -68,7 +69,8 @@ class Site(Model):
         ge=1024,
         le=65000,
         description="First of the ports on 127.0.0.1 used by AtlasLab's own services: this one for the exchange,"
-        " +1 the autograder, +2 experiment tracking, +10 onwards one formgrader per course in site-config order.",
+        " +1 the autograder, +2 experiment tracking, +3 credits, +10 onwards one formgrader per course in"
+        " site-config order.",
     )
     base_url: str = Field(
         "/", description="URL prefix of the whole workbench, e.g. /lab/ when it shares a domain.", pattern=r"^/"
@@ -418,6 +420,134 @@ class Services(Model):
     extra: list[ExtraService] = Field(default_factory=list, description="Further hub-managed services.")
 
 
+class S3Storage(Model):
+    """An S3-compatible object store (AWS S3, MinIO, Ceph RGW): where the exchange keeps submissions' files."""
+
+    bucket: str = Field(description="Bucket name.", min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+$")
+    prefix: str = Field("atlaslab-exchange", description="Key prefix inside the bucket.")
+    endpoint_url: AnyHttpUrl | None = Field(None, description="The store's URL (MinIO, Ceph). Default: AWS S3.")
+    region: str | None = Field(None, description="Region name, where the store needs one.")
+    access_key_id: SecretRef | None = Field(
+        None, description="Access key id. Default: the usual AWS sources (instance role, AWS_* variables)."
+    )
+    secret_access_key: SecretRef | None = Field(None, description="Secret access key, with `access_key_id`.")
+
+    @model_validator(mode="after")
+    def _keys_together(self) -> S3Storage:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("give both `access_key_id` and `secret_access_key`, or neither")
+        return self
+
+
+class Grading(Model):
+    """The nbgrader exchange's storage and the autograder's limits (used when the site has courses)."""
+
+    exchange_database: SecretRef | None = Field(
+        None,
+        description="SQLAlchemy URL of the exchange's metadata database, e.g. postgresql+psycopg://user:pw@host/db;"
+        " a secret because it may hold a password. Default: SQLite in STATE_DIR/exchange.",
+    )
+    exchange_s3: S3Storage | None = Field(
+        None, description="Keep submissions' files in an S3-compatible store. Default: files in STATE_DIR/exchange."
+    )
+    max_upload: Size = Field(50 * 1024**2, description="Largest upload (a release or a submission) the exchange takes.")
+    notebook_timeout: Duration = Field(300, description="Wall-clock limit per notebook when autograding.")
+    notebook_memory: Size = Field(1024**3, description="Memory limit per notebook when autograding.")
+    workers: int | None = Field(
+        None, ge=1, le=256, description="Notebooks graded at once by `atlaslab grade`. Default: the machine's cores."
+    )
+
+
+class Tracking(Model):
+    """Experiment tracking: an MLflow server behind the hub's login, permissions from hub groups."""
+
+    enabled: bool = Field(
+        False,
+        description="Run MLflow at /services/mlflow/ and give every user's server MLFLOW_TRACKING_URI and a token"
+        " for it, so `mlflow.start_run()` works in a fresh notebook.",
+    )
+    database: SecretRef | None = Field(
+        None,
+        description="SQLAlchemy URL of MLflow's database, e.g. postgresql+psycopg://user:pw@host/mlflow; a secret"
+        " because it may hold a password. Default: SQLite in STATE_DIR/mlflow.",
+    )
+    artifacts: str | None = Field(
+        None,
+        description="Where MLflow keeps artifacts, e.g. s3://bucket/prefix. The server always proxies them, so"
+        " users never hold storage credentials. Default: STATE_DIR/mlflow/artifacts.",
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{2,62}(/.*)?$",
+    )
+    s3_endpoint_url: AnyHttpUrl | None = Field(
+        None, description="URL of an S3-compatible store (MinIO, Ceph) for `artifacts`. Default: AWS S3."
+    )
+    s3_access_key_id: SecretRef | None = Field(
+        None, description="Access key id for `artifacts`. Default: the usual AWS sources (instance role, AWS_*)."
+    )
+    s3_secret_access_key: SecretRef | None = Field(
+        None, description="Secret access key for `artifacts`, with `s3_access_key_id`."
+    )
+    permission_cache: Duration = Field(
+        10,
+        description="How long MLflow reuses what the hub said about a token or a user's groups (e.g. 10s); a"
+        " revoked token or a group change takes effect within this time, without restarting MLflow.",
+    )
+    async_logging: bool = Field(
+        True, description="Turn on MLflow's asynchronous logging in users' servers (MLFLOW_ENABLE_ASYNC_LOGGING)."
+    )
+
+    @model_validator(mode="after")
+    def _keys_together(self) -> Tracking:
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError("give both `s3_access_key_id` and `s3_secret_access_key`, or neither")
+        if self.artifacts is None and (self.s3_endpoint_url is not None or self.s3_access_key_id is not None):
+            raise ValueError("the `s3_*` settings need `artifacts` (an s3:// URI)")
+        return self
+
+
+class Quota(Model):
+    """A budget: GPU-hours and CPU-hours per period, concurrent GPUs, and the dates it is valid between."""
+
+    gpu_hours: float | None = Field(
+        None, ge=0, description="GPU-hours per period (a server holding 2 GPUs for 1 h uses 2). Not set: no limit."
+    )
+    cpu_hours: float | None = Field(
+        None, ge=0, description="CPU-hours per period, counted from the environment's CPU limit. Not set: no limit."
+    )
+    period: Literal["day", "week", "month", "year", "total"] = Field(
+        "month",
+        description="When the hours renew (calendar periods, UTC; weeks start on Monday); `total`: never, over the"
+        " whole validity.",
+    )
+    max_gpus: int | None = Field(None, ge=0, description="GPUs held at once by servers under this budget.")
+    starts: date | None = Field(None, description="First day the budget may be used (YYYY-MM-DD).")
+    expires: date | None = Field(
+        None, description="Day after which nothing may start under this budget (an access programme's end)."
+    )
+
+
+class Credits(Model):
+    """GPU and CPU credits: budgets per tenant, team and user, checked at spawn and while servers run."""
+
+    tenants: dict[Identifier, Quota] = Field(default_factory=dict, description="Budget of each tenant (all members).")
+    teams: dict[Identifier, Quota] = Field(default_factory=dict, description="Budget of each team.")
+    users: dict[Username, Quota] = Field(default_factory=dict, description="Budget of particular users.")
+    default_user: Quota | None = Field(None, description="Budget of every user not listed in `users`.")
+    warn_at: list[float] = Field(
+        default_factory=lambda: [0.8, 0.95],
+        description="Fractions of a budget at which users are warned in their session.",
+    )
+    stop_at: float = Field(1.0, gt=0, description="Fraction of a budget at which servers under it are stopped.")
+    grace: Duration = Field(300, description="Time between the notice that a budget is used up and the stop.")
+    check_every: Duration = Field(60, description="How often running servers are counted and checked.")
+
+    @field_validator("warn_at")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < x < 10 for x in v):
+            raise ValueError("warn_at takes fractions such as 0.8 (80%)")
+        return sorted(v)
+
+
 class SiteConfig(Model):
     """The whole AtlasLab site: one file drives one machine or a Kubernetes cluster."""
 
@@ -441,6 +571,9 @@ class SiteConfig(Model):
     limits: Limits = Field(default_factory=Limits, description="Site-wide limits on servers.")
     spawner: Spawner = Field(default_factory=Spawner, description="How servers are started on one machine.")
     services: Services = Field(default_factory=Services, description="Hub-managed services to run.")
+    grading: Grading = Field(default_factory=Grading, description="Exchange storage and autograder limits.")
+    credits: Credits = Field(default_factory=Credits, description="GPU and CPU budgets, and what happens at their end.")
+    tracking: Tracking = Field(default_factory=Tracking, description="Experiment tracking (MLflow) behind the hub.")
 
     @field_validator("login")
     @classmethod

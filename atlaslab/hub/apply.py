@@ -14,8 +14,9 @@ import sys
 from traitlets.config import Config
 
 from atlaslab.config import LoadedConfig
+from atlaslab.tracking.hub import configure_tracking
 
-from . import membership, roles, services
+from . import membership, ports, roles, scopes, services
 from .accounts import server_path
 from .auth import configure_authenticator
 from .courses import course_services
@@ -122,6 +123,39 @@ def configure_spawner(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
     c.AtlasLabSpawner.environment = {"ATLASLAB_SITE": loaded.site.site.name, "PATH": server_path()}
 
 
+def configure_credits(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
+    """GPU assignments and usage are kept in STATE_DIR/compute; budgets are checked when the site sets any."""
+    c.AtlasLabSpawner.compute_dir = str(state.compute_dir)
+    credits = loaded.site.credits
+    has_budgets = bool(credits.tenants or credits.teams or credits.users or credits.default_user)
+    c.AtlasLabSpawner.credits = credits if has_budgets else None
+    if has_budgets:
+        # The spawner's poll counts and checks running servers.
+        c.AtlasLabSpawner.poll_interval = float(credits.check_every)
+
+
+def configure_credits_service(c: Config, loaded: LoadedConfig) -> None:
+    """Users and their servers read their own budgets, notices and GPUs from the `credits` service."""
+    service = {
+        "name": "credits",
+        "url": f"http://127.0.0.1:{ports.service_port(loaded, ports.CREDITS)}",
+        "command": [sys.executable, "-m", "atlaslab.compute.service"],
+        "display": False,
+        "environment": {
+            "ATLASLAB_CONFIG": str(loaded.source.resolve()) if loaded.source else "",
+            "PATH": server_path(),
+        },
+    }
+    c.JupyterHub.services = scopes.replace_named(c.JupyterHub.get("services"), [service], {"credits"})
+    scopes.grant_users_access(c, "credits")
+    base = loaded.site.site.base_url.rstrip("/")
+    current = c.AtlasLabSpawner.get("environment")
+    c.AtlasLabSpawner.environment = {
+        **(current if isinstance(current, dict) else {}),
+        "ATLASLAB_CREDITS_URL": f"{service['url']}{base}/services/credits/",
+    }
+
+
 def configure_limits(c: Config, loaded: LoadedConfig) -> None:
     lim = loaded.site.limits
     c.JupyterHub.active_server_limit = lim.max_servers
@@ -149,9 +183,12 @@ def apply(c: Config, loaded: LoadedConfig) -> Config:
     configure_authenticator(c, loaded, state)
     configure_groups(c, loaded)
     configure_spawner(c, loaded, state)
+    configure_credits(c, loaded, state)
     configure_limits(c, loaded)
     configure_roles(c, loaded, configure_services(c, loaded, state))
     configure_grading(c, loaded, state)
+    configure_credits_service(c, loaded)
+    configure_tracking(c, loaded, state)
     if isolation_mode(loaded) == "none":
         banner = (
             "ATLASLAB DEVELOPMENT MODE: the hub is not running as root, so every user's server runs as "

@@ -30,7 +30,7 @@ from traitlets.config import Config
 
 from atlaslab.config import LoadedConfig
 from atlaslab.grading.exchange import SERVICE_NAME
-from atlaslab.hub import ports
+from atlaslab.hub import ports, scopes
 from atlaslab.hub.accounts import ensure_service_account, server_path
 from atlaslab.hub.membership import course_group
 from atlaslab.hub.state import StateDir
@@ -136,12 +136,33 @@ def exchange_service(loaded: LoadedConfig, state: StateDir) -> dict:
             "ATLASLAB_EXCHANGE_DB": f"sqlite:///{directory / 'exchange.sqlite'}",
             # Each course's formgrader is staff of its course (atlaslab/hub/courses.py names it after the course).
             "ATLASLAB_EXCHANGE_STAFF_SERVICES": json.dumps({course: course for course in loaded.site.courses}),
+            "ATLASLAB_EXCHANGE_MAX_UPLOAD": str(loaded.site.grading.max_upload),
             "PATH": server_path(),
+            **exchange_storage_env(loaded),
         },
     }
     if os.geteuid() == 0:
         service["user"] = EXCHANGE_ACCOUNT
     return service
+
+
+def exchange_storage_env(loaded: LoadedConfig) -> dict[str, str]:
+    """Where the exchange keeps metadata and files when the site says (PostgreSQL, S3), secrets read now."""
+    grading = loaded.site.grading
+    env: dict[str, str] = {}
+    if grading.exchange_database is not None:
+        env["ATLASLAB_EXCHANGE_DB"] = loaded.read_secret(grading.exchange_database)
+    s3 = grading.exchange_s3
+    if s3 is not None:
+        env["ATLASLAB_EXCHANGE_BLOBS"] = f"s3://{s3.bucket}/{s3.prefix.strip('/')}"
+        if s3.endpoint_url is not None:
+            env["AWS_ENDPOINT_URL"] = str(s3.endpoint_url).rstrip("/")
+        if s3.region:
+            env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = s3.region
+        if s3.access_key_id is not None and s3.secret_access_key is not None:
+            env["AWS_ACCESS_KEY_ID"] = loaded.read_secret(s3.access_key_id)
+            env["AWS_SECRET_ACCESS_KEY"] = loaded.read_secret(s3.secret_access_key)
+    return env
 
 
 def formgraders_role(loaded: LoadedConfig) -> dict:
@@ -162,24 +183,18 @@ def client_env(loaded: LoadedConfig, state: StateDir) -> dict[str, str]:
     }
 
 
-def _replace(items: object, new: list[dict], names: set[str]) -> list[dict]:
-    kept = [item for item in items if item.get("name") not in names] if isinstance(items, list) else []
-    return kept + new
-
-
 def configure_exchange_service(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
-    c.JupyterHub.services = _replace(c.JupyterHub.get("services"), [exchange_service(loaded, state)], {SERVICE_NAME})
-    c.JupyterHub.load_roles = _replace(c.JupyterHub.get("load_roles"), [formgraders_role(loaded)], {EXCHANGE_ROLE})
+    c.JupyterHub.services = scopes.replace_named(
+        c.JupyterHub.get("services"), [exchange_service(loaded, state)], {SERVICE_NAME}
+    )
+    c.JupyterHub.load_roles = scopes.replace_named(
+        c.JupyterHub.get("load_roles"), [formgraders_role(loaded)], {EXCHANGE_ROLE}
+    )
 
 
 def configure_exchange_access(c: Config) -> None:
     """Users (and so their tokens and their servers' tokens) may reach the exchange service."""
-    extra = c.JupyterHub.get("extra_user_scopes")
-    extra = list(extra) if isinstance(extra, list) else []
-    c.JupyterHub.extra_user_scopes = [*extra, ACCESS_SCOPE] if ACCESS_SCOPE not in extra else extra
-    scopes = c.Spawner.get("server_token_scopes")
-    scopes = list(scopes) if isinstance(scopes, list) else list(SERVER_TOKEN_SCOPES)
-    c.Spawner.server_token_scopes = [*scopes, ACCESS_SCOPE] if ACCESS_SCOPE not in scopes else scopes
+    scopes.grant_users_access(c, SERVICE_NAME)
 
 
 def configure_exchange_clients(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
@@ -225,8 +240,12 @@ def autograder_role(loaded: LoadedConfig) -> dict:
 
 
 def configure_autograder(c: Config, loaded: LoadedConfig) -> None:
-    c.JupyterHub.services = _replace(c.JupyterHub.get("services"), [autograder_service(loaded)], {AUTOGRADER_NAME})
-    c.JupyterHub.load_roles = _replace(c.JupyterHub.get("load_roles"), [autograder_role(loaded)], {AUTOGRADER_ROLE})
+    c.JupyterHub.services = scopes.replace_named(
+        c.JupyterHub.get("services"), [autograder_service(loaded)], {AUTOGRADER_NAME}
+    )
+    c.JupyterHub.load_roles = scopes.replace_named(
+        c.JupyterHub.get("load_roles"), [autograder_role(loaded)], {AUTOGRADER_ROLE}
+    )
     for service in c.JupyterHub.get("services") or []:
         if service.get("name") in loaded.site.courses and isinstance(service.get("environment"), dict):
             service["environment"]["ATLASLAB_AUTOGRADER_URL"] = autograder_url(loaded)

@@ -11,6 +11,7 @@ from atlaslab.config import LoadedConfig
 EXCHANGE = 0
 AUTOGRADER = 1
 TRACKING = 2
+CREDITS = 3
 FIRST_FORMGRADER = 10  # then one per course, in site-config order
 
 

@@ -22,8 +22,12 @@ import psutil
 from jupyterhub.spawner import LocalProcessSpawner
 from jupyterhub.utils import random_port
 from tornado import web
-from traitlets import Dict, Float, Integer, List, Unicode, default
+from traitlets import Any, Dict, Float, Integer, List, Unicode, default
 
+from atlaslab.compute import credits as credits_mod
+from atlaslab.compute import gpus as gpus_mod
+from atlaslab.compute.allocation import GpuAllocator, NoGpuFree, Request
+from atlaslab.compute.usage import UsageLedger
 from atlaslab.config.units import format_size
 
 from . import accounts, limits
@@ -64,6 +68,12 @@ class AtlasLabSpawner(LocalProcessSpawner):
         Unicode(),
         help="Jupyter server extensions loaded only in the servers of course members (users in a course:* group).",
     ).tag(config=True)
+    compute_dir = Unicode(
+        help="Where GPU assignments (gpus.sqlite) and the usage ledger (usage.sqlite) live; empty: not kept."
+    ).tag(config=True)
+    credits = Any(None, allow_none=True, help="The site's `credits` section (atlaslab.config.schema.Credits).").tag(
+        config=True
+    )
 
     # ---- which environments, and the form ---------------------------------------------------------------
 
@@ -142,22 +152,28 @@ class AtlasLabSpawner(LocalProcessSpawner):
     async def start(self):
         key = self.chosen_environment()
         env = self.environments[key]
-        if env.get("gpu"):
-            from atlaslab.compute import gpus
-
-            inventory = gpus.detect()
-            if not inventory:
-                raise web.HTTPError(
-                    503,
-                    f"'{env['title']}' needs a GPU but {inventory.reason}. Start a CPU environment instead, "
-                    "or ask the administrator which machine has GPUs.",
-                )
+        gpus = _gpu_share(env)
+        await self._check_credits_at_start(gpus)
         self.mem_limit = int(env["memory"])
         self.cpu_limit = float(env["cpu"])
         self.environment["ATLASLAB_ENVIRONMENT"] = key
-        if not env.get("gpu"):
+        if env.get("gpu"):
+            devices = await self._assign_gpus(key, env)
+            uuids = ",".join(d.uuid for d in devices)
+            self.environment.update(CUDA_VISIBLE_DEVICES=uuids, NVIDIA_VISIBLE_DEVICES=uuids, ATLASLAB_GPUS=uuids)
+        else:
             self.environment["CUDA_VISIBLE_DEVICES"] = ""
             self.environment["NVIDIA_VISIBLE_DEVICES"] = "none"
+            self.environment.pop("ATLASLAB_GPUS", None)
+        try:
+            ip_port = await self._start_process(env)
+        except BaseException:
+            await asyncio.to_thread(self._release_compute)
+            raise
+        await asyncio.to_thread(self._record_start, key, env, gpus)
+        return ip_port
+
+    async def _start_process(self, env: dict):
         pick_port = self.port == 0
         res = self._limits(env)
         if self.isolation == "system-users":
@@ -190,6 +206,121 @@ class AtlasLabSpawner(LocalProcessSpawner):
             )
         finally:
             self._release_start_slot()
+
+    # ---- GPUs and credits ---------------------------------------------------------------------------------
+
+    @property
+    def _holder(self) -> str:
+        return f"{self.user.name}/{self.name}"
+
+    def _membership(self) -> tuple[str | None, list[str]]:
+        names = [g.name for g in self.user.groups]
+        tenants = sorted(n.split(":", 1)[1] for n in names if n.startswith("tenant:") and n.count(":") == 1)
+        teams = sorted(n.split(":", 1)[1] for n in names if n.startswith("team:"))
+        return (tenants[0] if tenants else None), teams
+
+    def _ledger(self) -> UsageLedger | None:
+        return UsageLedger(Path(self.compute_dir) / "usage.sqlite") if self.compute_dir else None
+
+    async def _check_credits_at_start(self, gpus: float) -> None:
+        if self.credits is None or not self.compute_dir:
+            return
+        tenant, teams = self._membership()
+        ledger = self._ledger()
+        refusal = await asyncio.to_thread(
+            credits_mod.spawn_refusal, ledger, self.credits, self.user.name, tenant, teams, gpus, time.time()
+        )
+        if refusal:
+            raise web.HTTPError(403, refusal)
+
+    async def _assign_gpus(self, key: str, env: dict) -> list[gpus_mod.GPU]:
+        inventory = await asyncio.to_thread(gpus_mod.detect)
+        if not inventory:
+            raise web.HTTPError(
+                503,
+                f"'{env['title']}' needs a GPU but {inventory.reason}. Start a CPU environment instead, "
+                "or ask the administrator which machine has GPUs.",
+            )
+        allocator = GpuAllocator(Path(self.compute_dir or self.dev_home_root) / "gpus.sqlite", inventory.gpus)
+        try:
+            return await asyncio.to_thread(allocator.allocate, self._holder, Request.from_env(env["gpu"]))
+        except NoGpuFree as e:
+            others = [
+                self.environments[k]["title"]
+                for k in self.allowed()
+                if k != key
+                and (
+                    not self.environments[k].get("gpu")
+                    or allocator.can_allocate(Request.from_env(self.environments[k]["gpu"]))
+                )
+            ]
+            hint = f" You can start {' or '.join(repr(t) for t in others)} now," if others else ""
+            raise web.HTTPError(503, f"{e}{hint} or try again when a GPU is free.") from None
+
+    def _gpu_allocator(self) -> GpuAllocator | None:
+        path = Path(self.compute_dir or self.dev_home_root) / "gpus.sqlite"
+        return GpuAllocator(path, []) if path.exists() else None
+
+    def _record_start(self, key: str, env: dict, gpus: float) -> None:
+        allocator = self._gpu_allocator()
+        if allocator is not None and self.pid:
+            allocator.attach(self._holder, self.pid)
+        ledger = self._ledger()
+        if ledger is not None:
+            tenant, teams = self._membership()
+            scopes = credits_mod.scopes_of(self.user.name, tenant, teams)
+            ledger.open(self._holder, self.user.name, key, float(env["cpu"]), gpus, scopes)
+
+    def _release_compute(self) -> None:
+        allocator = self._gpu_allocator()
+        if allocator is not None:
+            allocator.release(self._holder)
+        ledger = self._ledger()
+        if ledger is not None:
+            ledger.close(self._holder)
+
+    async def poll(self):
+        status = await super().poll()
+        if status is not None:
+            await asyncio.to_thread(self._release_compute)
+            return status
+        # Not while stopping: stop() polls until the process is gone, and a check there would stop again.
+        if self.credits is not None and self.compute_dir and not getattr(self, "_stopping", False):
+            stopped = await self._check_credits_running()
+            if stopped:
+                return 0
+        return None
+
+    async def _check_credits_running(self) -> bool:
+        """Count this server, warn its user at the configured levels, stop it past its grace. True if stopped."""
+        ledger = self._ledger()
+        assert ledger is not None
+        env = self.environments.get(self.environment.get("ATLASLAB_ENVIRONMENT", ""), {})
+        tenant, teams = self._membership()
+        now = time.time()
+        await asyncio.to_thread(ledger.seen, self._holder)
+        verdict = await asyncio.to_thread(
+            credits_mod.check_running, ledger, self.credits, self.user.name, tenant, teams, _gpu_share(env), now
+        )
+        for key, level, message in verdict.notices:
+            if await asyncio.to_thread(ledger.notify, self.user.name, key, level, message):
+                self.log.warning("Credits notice for %s: %s", self._log_name, message)
+        if not verdict.over:
+            return False
+        first = verdict.over[0]
+        noticed = await asyncio.to_thread(ledger.notice_time, self.user.name, f"{first.key}:stop")
+        if noticed is None or now - noticed < float(self.credits.grace):
+            return False
+        self.log.warning("Stopping %s: no credit left in %s", self._log_name, first.describe())
+        await asyncio.to_thread(
+            ledger.notify,
+            self.user.name,
+            f"{first.key}:stopped:{int(now)}",
+            "stopped",
+            f"Your server was stopped: no credit left in {first.describe()}.",
+        )
+        await self.stop(now=True)
+        return True
 
     _start_slots: ClassVar[weakref.WeakKeyDictionary] = weakref.WeakKeyDictionary()  # event loop -> semaphore
 
@@ -303,7 +434,12 @@ class AtlasLabSpawner(LocalProcessSpawner):
         return env
 
     async def stop(self, now: bool = False):
-        await super().stop(now=now)
+        self._stopping = True
+        try:
+            await super().stop(now=now)
+        finally:
+            self._stopping = False
+        await asyncio.to_thread(self._release_compute)
         if self.isolation == "system-users":
             await asyncio.to_thread(self._reap_cgroup)
 
@@ -324,6 +460,18 @@ class AtlasLabSpawner(LocalProcessSpawner):
     @default("cmd")
     def _default_cmd(self):
         return [SINGLEUSER]
+
+
+def _gpu_share(env: dict) -> float:
+    """GPUs a server of ``env`` counts for: whole GPUs, 1 for a MIG slice, 1/N for a seat on a shared GPU."""
+    gpu = env.get("gpu") or {}
+    if gpu.get("count"):
+        return float(gpu["count"])
+    if gpu.get("mig"):
+        return 1.0
+    if gpu.get("shared"):
+        return 1.0 / float(gpu["shared"])
+    return 0.0
 
 
 def _resources(env: dict) -> str:

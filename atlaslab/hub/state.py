@@ -33,17 +33,22 @@ class StateDir:
         return self.root / "logs"
 
     @property
+    def compute_dir(self) -> Path:
+        """GPU assignments and the usage ledger (atlaslab.compute), private to the hub's account."""
+        return self.root / "compute"
+
+    @property
     def dev_homes(self) -> Path:
         """Per-user working directories when servers are not isolated (non-root development mode)."""
         return self.root / "homes"
 
     def ensure(self) -> StateDir:
-        for d in (self.root, self.secrets_dir, self.run_dir, self.log_dir):
+        for d in (self.root, self.secrets_dir, self.run_dir, self.log_dir, self.compute_dir):
             d.mkdir(parents=True, exist_ok=True)
         # The root is traversable (not listable) so each course's grader account can reach its own course
         # directory; everything else in it is private to the hub's account.
         os.chmod(self.root, 0o711)
-        for d in (self.secrets_dir, self.run_dir, self.log_dir):
+        for d in (self.secrets_dir, self.run_dir, self.log_dir, self.compute_dir):
             os.chmod(d, 0o700)
         db = self.root / "jupyterhub.sqlite"
         if db.exists():
