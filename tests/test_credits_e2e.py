@@ -101,6 +101,8 @@ def test_gpus_are_handed_out_by_uuid_and_come_back(wb):
     e1, e2 = env_of(wb, b1, G1), env_of(wb, b2, G2)
     assert {e1["CUDA_VISIBLE_DEVICES"], e2["CUDA_VISIBLE_DEVICES"]} == {g["uuid"] for g in GPUS}
     # Each user's session reads its own GPUs from the credits service, with the server's own token.
+    metrics = httpx.get(f"{wb.url}/hub/metrics", headers={"Authorization": f"token {wb.secret('metrics-token')}"})
+    assert "atlaslab_gpus_assigned 2.0" in metrics.text
     out = run_code(wb, G1, b1.token(), CREDITS_FROM_SERVER)
     assert json.loads(out)["gpus"] == [e1["CUDA_VISIBLE_DEVICES"]] and json.loads(out)["user"] == G1
     assert e1["NVIDIA_VISIBLE_DEVICES"] == e1["CUDA_VISIBLE_DEVICES"]
@@ -159,6 +161,11 @@ def test_a_budget_warns_then_stops_then_refuses_and_survives_a_restart(wb):
     assert (budget["scope"], budget["name"], budget["kind"], budget["remaining"]) == ("team", "research", "cpu", 0)
     assert [n["level"] for n in mine["notices"]] == ["warning", "stop", "stopped"], mine["notices"]
     assert credits_of(wb, None).status_code == 401
+    # Prometheus sees the budget (with the site's scrape token only).
+    metrics = httpx.get(f"{wb.url}/hub/metrics", headers={"Authorization": f"token {wb.secret('metrics-token')}"})
+    line = next(x for x in metrics.text.splitlines() if x.startswith("atlaslab_budget_used_ratio{") and "research" in x)
+    assert float(line.rsplit(" ", 1)[1]) >= 1.0, line
+    assert httpx.get(f"{wb.url}/hub/metrics").status_code == 403
     assert credits_of(wb, login(wb, G1).token()).json()["budgets"] == []  # G1's team has no budget; R1's unseen
     # The hub restarts; the usage is still there, so is the refusal.
     wb.restart_hub()

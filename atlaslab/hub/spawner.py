@@ -26,6 +26,7 @@ from traitlets import Any, Dict, Float, Integer, List, Unicode, default
 
 from atlaslab.compute import credits as credits_mod
 from atlaslab.compute import gpus as gpus_mod
+from atlaslab.compute import metrics
 from atlaslab.compute.allocation import GpuAllocator, NoGpuFree, Request
 from atlaslab.compute.usage import UsageLedger
 from atlaslab.config.units import format_size
@@ -265,6 +266,7 @@ class AtlasLabSpawner(LocalProcessSpawner):
         allocator = self._gpu_allocator()
         if allocator is not None and self.pid:
             allocator.attach(self._holder, self.pid)
+            metrics.record_assignments(allocator.assignments())
         ledger = self._ledger()
         if ledger is not None:
             tenant, teams = self._membership()
@@ -275,6 +277,7 @@ class AtlasLabSpawner(LocalProcessSpawner):
         allocator = self._gpu_allocator()
         if allocator is not None:
             allocator.release(self._holder)
+            metrics.record_assignments(allocator.assignments())
         ledger = self._ledger()
         if ledger is not None:
             ledger.close(self._holder)
@@ -301,6 +304,9 @@ class AtlasLabSpawner(LocalProcessSpawner):
         await asyncio.to_thread(ledger.seen, self._holder)
         verdict = await asyncio.to_thread(
             credits_mod.check_running, ledger, self.credits, self.user.name, tenant, teams, _gpu_share(env), now
+        )
+        metrics.record_budgets(
+            await asyncio.to_thread(credits_mod.budgets, ledger, self.credits, self.user.name, tenant, teams, now)
         )
         for key, level, message in verdict.notices:
             if await asyncio.to_thread(ledger.notify, self.user.name, key, level, message):
