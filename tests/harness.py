@@ -255,6 +255,21 @@ class Browser:
         return r.json()["token"]
 
 
+def wait_service(wb: Workbench, name: str, path: str = "", timeout: float = 120) -> None:
+    """Wait until the hub's proxy reaches service ``name``, without cookies: each retry of a browser's OAuth
+    dance leaves a state cookie behind, and enough of them overflow the proxy's header limit (431)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=10, follow_redirects=False) as http:
+        while time.monotonic() < deadline:
+            try:
+                if http.get(f"{wb.url}/services/{name}/{path}").status_code not in (404, 502, 503):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+    raise TimeoutError(f"service {name} not reachable through the proxy\n{wb.log()}")
+
+
 def wait_server(wb: Workbench, user: str, timeout: float = 60) -> dict:
     with wb.admin_api() as api:
         deadline = time.monotonic() + timeout

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import pwd
 import stat
-import time
 
 import pytest
-from harness import Browser, Workbench, run_code, wait_server, write_site
+from harness import Browser, Workbench, run_code, wait_server, wait_service, write_site
 
 pytestmark = pytest.mark.root
 PASSWORD = "course-workshop-password"
@@ -44,14 +43,10 @@ def login(wb: Workbench, name: str) -> Browser:
     return b
 
 
-def open_formgrader(b: Browser, course: str, timeout: float = 60):
-    """Follow the hub's OAuth dance into the course's formgrader; retry while the service starts."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = b.http.get(f"/services/{course}/formgrader/")
-        if r.status_code not in (404, 502, 503) or time.monotonic() > deadline:
-            return r
-        time.sleep(0.5)
+def open_formgrader(b: Browser, course: str):
+    """Follow the hub's OAuth dance into the course's formgrader, once it is up."""
+    wait_service(b.wb, course, "formgrader/")
+    return b.http.get(f"/services/{course}/formgrader/")
 
 
 def test_staff_reach_their_course_formgrader_only(wb):

@@ -16,12 +16,11 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import httpx
 import nbformat
 import pytest
-from harness import Browser, Workbench, unique, wait_server, write_site
+from harness import Browser, Workbench, unique, wait_server, wait_service, write_site
 
 pytestmark = pytest.mark.root
 PASSWORD = "cycle-workshop-password"
@@ -91,14 +90,10 @@ def source_notebook() -> dict:
 class Formgrader:
     """A course's formgrader as its instructor's browser uses it: through the hub, session cookies, XSRF."""
 
-    def __init__(self, b: Browser, course: str, timeout: float = 90):
+    def __init__(self, b: Browser, course: str):
         self.b, self.prefix = b, f"/services/{course}"
-        deadline = time.monotonic() + timeout
-        while True:
-            r = b.http.get(f"{self.prefix}/formgrader/")
-            if r.status_code == 200 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        wait_service(b.wb, course, "formgrader/")
+        r = b.http.get(f"{self.prefix}/formgrader/")
         assert r.status_code == 200, r.text[:500]
         self.xsrf = next(c.value for c in b.http.cookies.jar if c.name == "_xsrf" and c.path.startswith(self.prefix))
 
