@@ -21,18 +21,15 @@ Period = Literal["day", "week", "month", "year", "all"]
 
 
 def period_window(period: Period, today: date) -> tuple[datetime, datetime]:
-    day = datetime(today.year, today.month, today.day, tzinfo=UTC)
-    if period == "day":
-        return day, day + timedelta(days=1)
-    if period == "week":
-        start = day - timedelta(days=today.weekday())
-        return start, start + timedelta(days=7)
-    if period == "month":
-        start = day.replace(day=1)
-        return start, (start + timedelta(days=32)).replace(day=1)
-    if period == "year":
-        return day.replace(month=1, day=1), day.replace(year=day.year + 1, month=1, day=1)
-    return datetime(1970, 1, 1, tzinfo=UTC), day + timedelta(days=1)
+    from atlaslab.compute.credits import window
+    from atlaslab.config.schema import Quota
+
+    now = datetime(today.year, today.month, today.day, tzinfo=UTC)
+    if period == "all":
+        return datetime(1970, 1, 1, tzinfo=UTC), now + timedelta(days=1)
+    start, end = window(period, now, Quota())
+    assert end is not None
+    return start, end
 
 
 @usage_app.command("report")

@@ -14,16 +14,16 @@ without anyone noticing the crash.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from . import sqlite
 from .gpus import GPU
 
 # An assignment that never got a PID (the hub died mid-spawn) is stale after this long.
@@ -76,26 +76,10 @@ class GpuAllocator:
     def __init__(self, db: str | Path, devices: Sequence[GPU]):
         self.db = Path(db)
         self.devices = list(devices)
-        self.db.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.db, timeout=60)
-        try:
-            conn.executescript(SCHEMA)  # idempotent; commits on its own
-        finally:
-            conn.close()
+        sqlite.create(self.db, SCHEMA)
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.db, timeout=60, isolation_level=None)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+    def _tx(self):
+        return sqlite.transaction(self.db)
 
     # ---- the one decision -------------------------------------------------------------------------------
 

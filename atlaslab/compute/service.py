@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import signal
 import time
 from urllib.parse import urlparse
 
@@ -31,6 +29,7 @@ from atlaslab.compute.allocation import GpuAllocator
 from atlaslab.compute.usage import UsageLedger
 from atlaslab.config import LoadedConfig, load
 from atlaslab.grading.exchange.api import AUTH_HEADER
+from atlaslab.serving import run_service, serve_until_stopped
 
 log = logging.getLogger("atlaslab.credits")
 SERVICE_NAME = "credits"
@@ -122,20 +121,14 @@ async def serve(env: dict) -> None:
     )
     url = urlparse(env.get("JUPYTERHUB_SERVICE_URL") or "http://127.0.0.1:10103")
     prefix = env.get("JUPYTERHUB_SERVICE_PREFIX") or f"/services/{name}/"
-    server = HTTPServer(make_app(loaded, hub_auth, prefix))
-    server.listen(url.port or 80, url.hostname or "127.0.0.1")
     log.info("AtlasLab credits listening on %s%s", url.geturl(), prefix)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.stop()
+    await serve_until_stopped(
+        HTTPServer(make_app(loaded, hub_auth, prefix)), url.hostname or "127.0.0.1", url.port or 80
+    )
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s credits] %(message)s")
-    asyncio.run(serve(dict(os.environ)))
+    run_service("credits", serve)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ Time comes from a clock passed in (``time.time`` by default), so tests can move 
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -72,26 +72,10 @@ class UsageLedger:
     def __init__(self, db: str | Path, clock: Callable[[], float] = time.time):
         self.db = Path(db)
         self.clock = clock
-        self.db.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.db, timeout=60)
-        try:
-            conn.executescript(SCHEMA)
-        finally:
-            conn.close()
+        sqlite.create(self.db, SCHEMA)
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.db, timeout=60, isolation_level=None)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+    def _tx(self):
+        return sqlite.transaction(self.db)
 
     # ---- sessions -----------------------------------------------------------------------------------------
 

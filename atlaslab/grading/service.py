@@ -26,9 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
-import signal
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 
 from atlaslab.grading.exchange.api import ApiError, ApiHandler
+from atlaslab.serving import run_service, serve_until_stopped
 
 log = logging.getLogger("atlaslab.autograder")
 SERVICE_NAME = "autograder"
@@ -171,20 +170,12 @@ def context_from_env(env: dict) -> tuple[GradeContext, str, str, int]:
 
 async def serve(env: dict) -> None:
     ctx, prefix, host, port = context_from_env(env)
-    server = HTTPServer(make_app(ctx, prefix), max_body_size=MAX_BODY)
-    server.listen(port, host)
     log.info("AtlasLab autograder listening on http://%s:%d%s", host, port, prefix)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.stop()
+    await serve_until_stopped(HTTPServer(make_app(ctx, prefix), max_body_size=MAX_BODY), host, port)
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s autograder] %(message)s")
-    asyncio.run(serve(dict(os.environ)))
+    run_service("autograder", serve)
 
 
 if __name__ == "__main__":

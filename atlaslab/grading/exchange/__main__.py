@@ -25,17 +25,16 @@ Several instances may run against the same database and blob directory (e.g. beh
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import os
-import signal
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubAuth
 from tornado.httpserver import HTTPServer
+
+from atlaslab.serving import run_service, serve_until_stopped
 
 from . import SERVICE_NAME
 from .api import Context, make_app
@@ -86,22 +85,13 @@ def context_from_env(env: dict) -> tuple[Context, str, str, int]:
 
 async def serve(env: dict) -> None:
     ctx, prefix, host, port = context_from_env(env)
-    server = HTTPServer(make_app(ctx, prefix), max_body_size=ctx.max_upload)
-    server.listen(port, host)
     log.info("AtlasLab exchange listening on http://%s:%d%s", host, port, prefix)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.stop()
-    await server.close_all_connections()
+    await serve_until_stopped(HTTPServer(make_app(ctx, prefix), max_body_size=ctx.max_upload), host, port)
     ctx.store.engine.dispose()
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s exchange] %(message)s")
-    asyncio.run(serve(dict(os.environ)))
+    run_service("exchange", serve)
 
 
 if __name__ == "__main__":
