@@ -548,6 +548,35 @@ class Credits(Model):
         return sorted(v)
 
 
+class Kubernetes(Model):
+    """Run users' servers as Kubernetes pods (KubeSpawner) instead of processes on this machine."""
+
+    enabled: bool = Field(False, description="Spawn users' servers with KubeSpawner (the hub runs in the cluster).")
+    namespace_prefix: str = Field(
+        "atlaslab-",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?-?$",
+        description="A tenant's servers run in namespace PREFIX + tenant id (quotas and network policies apply per"
+        " namespace); users in no tenant run in the hub's namespace.",
+    )
+    default_image: str = Field(
+        "atlaslab/user-cpu:0.1.0", description="Image of environments that name none (pinned tag, not `latest`)."
+    )
+    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource of a whole GPU (NVIDIA device plugin).")
+    shared_gpu_resource: str = Field(
+        "nvidia.com/gpu.shared",
+        description="Extended resource of a shared GPU seat (the device plugin's time-slicing, renamed resources).",
+    )
+    gpu_node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"},
+        description="Node labels GPU environments' pods must match.",
+    )
+    gpu_tolerate_taint: str | None = Field(
+        "nvidia.com/gpu", description="Taint key of GPU nodes that GPU pods tolerate (NoSchedule); empty: none."
+    )
+    storage: Size = Field(10 * 1024**3, description="Size of each user's persistent volume (their home).")
+    storage_class: str | None = Field(None, description="StorageClass of users' volumes. Default: the cluster's.")
+
+
 class SiteConfig(Model):
     """The whole AtlasLab site: one file drives one machine or a Kubernetes cluster."""
 
@@ -573,6 +602,7 @@ class SiteConfig(Model):
     services: Services = Field(default_factory=Services, description="Hub-managed services to run.")
     grading: Grading = Field(default_factory=Grading, description="Exchange storage and autograder limits.")
     credits: Credits = Field(default_factory=Credits, description="GPU and CPU budgets, and what happens at their end.")
+    kubernetes: Kubernetes = Field(default_factory=Kubernetes, description="Servers as pods on a Kubernetes cluster.")
     tracking: Tracking = Field(default_factory=Tracking, description="Experiment tracking (MLflow) behind the hub.")
 
     @field_validator("login")

@@ -21,6 +21,7 @@ from .accounts import server_path
 from .auth import configure_authenticator
 from .courses import course_services
 from .grading import configure_grading
+from .kube import configure_kubernetes
 from .state import StateDir
 
 log = logging.getLogger("atlaslab")
@@ -184,6 +185,7 @@ def apply(c: Config, loaded: LoadedConfig) -> Config:
     configure_groups(c, loaded)
     configure_spawner(c, loaded, state)
     configure_credits(c, loaded, state)
+    configure_kubernetes(c, loaded)
     configure_limits(c, loaded)
     configure_roles(c, loaded, configure_services(c, loaded, state))
     configure_grading(c, loaded, state)

@@ -1,0 +1,135 @@
+"""The site config applied to a real KubeSpawner: every environment yields a pod manifest that the Kubernetes
+OpenAPI schema accepts, with the right GPU/MIG limits, selectors, tolerations, namespace and environment."""
+
+from __future__ import annotations
+
+import inspect
+from types import SimpleNamespace
+
+import kubernetes_validate
+import pytest
+from kubernetes_asyncio.client import ApiClient
+from kubespawner import KubeSpawner
+from traitlets.config import Config
+
+from atlaslab.config import parse
+from atlaslab.hub import apply as apply_mod
+from atlaslab.hub import kube
+
+K8S_VERSION = kubernetes_validate.latest_version()
+SITE = """
+site: {state_dir: STATE}
+kubernetes: {enabled: true, namespace_prefix: lab-, storage: 5G, storage_class: fast}
+tenants:
+  campus: {title: Campus, environments: [cpu-small, gpu-shared]}
+  rnd: {title: R&D, environments: [cpu-small, gpu-two, gpu-slice]}
+environments:
+  cpu-small: {cpu: 1, memory: 2G, default: true}
+  gpu-two: {cpu: 8, memory: 32G, gpu: {count: 2}, image: "registry.example/atlaslab/user-gpu:0.1.0"}
+  gpu-slice: {cpu: 4, memory: 16G, gpu: {mig: 1g.10gb}}
+  gpu-shared: {cpu: 2, memory: 8G, gpu: {shared: 4}}
+"""
+
+
+def user(name: str, groups: list[str], admin: bool = False) -> SimpleNamespace:
+    return SimpleNamespace(
+        name=name,
+        id=7,
+        url=f"/user/{name}/",
+        admin=admin,
+        groups=[SimpleNamespace(name=g) for g in groups],
+        escaped_name=name,
+    )
+
+
+KUBECONFIG = """
+apiVersion: v1
+kind: Config
+clusters: [{name: none, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: none, user: {token: unused}}]
+contexts: [{name: none, context: {cluster: none, user: none}}]
+current-context: none
+"""
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch) -> Config:
+    # KubeSpawner loads a client config when created; nothing here talks to it (manifests are built locally).
+    import kubernetes_asyncio.config.kube_config as kube_config
+
+    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+    return apply_mod.apply(Config(), parse(SITE.replace("STATE", str(tmp_path / "state"))))
+
+
+async def manifest_for(config: Config, who: SimpleNamespace, slug: str) -> dict:
+    spawner = KubeSpawner(_mock=True, config=config, user=who)
+    spawner.user_options = {"profile": slug}
+    await spawner.load_user_options()
+    hooked = spawner.run_pre_spawn_hook()
+    if inspect.isawaitable(hooked):
+        await hooked
+    pod = ApiClient().sanitize_for_serialization(await spawner.get_pod_manifest())
+    pod.setdefault("apiVersion", "v1")
+    pod.setdefault("kind", "Pod")
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    return {"pod": pod, "namespace": spawner.namespace}
+
+
+def container(pod: dict) -> dict:
+    [c] = [c for c in pod["spec"]["containers"] if c["name"] == "notebook"]
+    return c
+
+
+def env_of(pod: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container(pod).get("env", [])}
+
+
+async def test_every_environment_yields_a_valid_pod(config: Config) -> None:
+    rnd, campus = user("rana", ["tenant:rnd"]), user("karim", ["tenant:campus"])
+    cpu = await manifest_for(config, rnd, "cpu-small")
+    assert cpu["namespace"] == "lab-rnd"
+    c = container(cpu["pod"])
+    assert c["resources"]["limits"]["cpu"] == "1.0" or float(c["resources"]["limits"]["cpu"]) == 1.0
+    assert not any("nvidia" in k for k in c["resources"]["limits"])
+    assert env_of(cpu["pod"])["NVIDIA_VISIBLE_DEVICES"] == "none"
+    assert cpu["pod"]["spec"]["automountServiceAccountToken"] is False
+
+    two = await manifest_for(config, rnd, "gpu-two")
+    c = container(two["pod"])
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2" and c["image"].endswith("user-gpu:0.1.0")
+    assert two["pod"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in two["pod"]["spec"]["tolerations"]
+    assert "NVIDIA_VISIBLE_DEVICES" not in env_of(two["pod"])
+
+    mig = await manifest_for(config, rnd, "gpu-slice")
+    assert container(mig["pod"])["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == "1"
+
+    shared = await manifest_for(config, campus, "gpu-shared")
+    assert shared["namespace"] == "lab-campus"
+    assert container(shared["pod"])["resources"]["limits"]["nvidia.com/gpu.shared"] == "1"
+
+
+async def test_a_user_cannot_start_another_tenants_environment(config: Config) -> None:
+    campus = user("karim", ["tenant:campus"])
+    profiles = config.KubeSpawner.profile_list(KubeSpawner(_mock=True, config=config, user=campus))
+    assert [p["slug"] for p in profiles] == ["cpu-small", "gpu-shared"]
+    with pytest.raises(ValueError):
+        await manifest_for(config, campus, "gpu-two")
+    # Admins may start anything.
+    admin = user("root-admin", [], admin=True)
+    assert (await manifest_for(config, admin, "gpu-two"))["namespace"] == "lab-users"
+
+
+def test_overrides_are_plain_data_and_applying_twice_changes_nothing(tmp_path) -> None:
+    loaded = parse(SITE.replace("STATE", str(tmp_path / "state")))
+    first = kube.profiles(loaded)
+    assert first == kube.profiles(loaded)
+    c = Config()
+    kube.configure_kubernetes(c, loaded)
+    kube.configure_kubernetes(c, loaded)
+    assert c.JupyterHub.spawner_class == "kubespawner.KubeSpawner"
+    assert c.KubeSpawner.storage_capacity == str(5 * 1024**3) and c.KubeSpawner.storage_class == "fast"
+    # Off by default: one machine keeps AtlasLab's own spawner.
+    plain = apply_mod.apply(Config(), parse(f"site: {{state_dir: {tmp_path / 's2'}}}"))
+    assert plain.JupyterHub.spawner_class == "atlaslab.hub.spawner.AtlasLabSpawner" and "KubeSpawner" not in plain
