@@ -46,6 +46,10 @@ step "Installing the proxy (configurable-http-proxy) with npm"
 if [ $test_extras = 1 ]; then (cd "$repo" && npm ci --no-audit --no-fund --loglevel=error)
 else (cd "$repo" && npm ci --omit=dev --no-audit --no-fund --loglevel=error); fi
 mkdir -p "$prefix/bin"
+if [ $test_extras = 1 ]; then
+  step "Installing helm for the chart tests"
+  "$prefix/venv/bin/python" "$repo/scripts/fetch_helm.py" "$prefix"
+fi
 ln -sf "$repo/node_modules/.bin/configurable-http-proxy" "$prefix/bin/configurable-http-proxy"
 ln -sf "$prefix/venv/bin/atlaslab" "$prefix/bin/atlaslab"
 chmod -R a+rX "$prefix"

@@ -124,6 +124,20 @@ def config_docs(
         sys.stdout.write(text)
 
 
+@config_app.command("helm-schema")
+def config_helm_schema(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
+) -> None:
+    """Print (or write) the Helm chart's values.schema.json, generated from the site config schema."""
+    from atlaslab.config.docs import helm_values_schema
+
+    text = json.dumps(helm_values_schema(), indent=2) + "\n"
+    if output:
+        output.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
 @users_app.command("import")
 def users_import(
     roster: Annotated[Path, typer.Argument(help="CSV file with a `username` column.")],

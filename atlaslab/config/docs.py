@@ -32,6 +32,58 @@ def json_schema() -> dict[str, Any]:
     return schema_
 
 
+def helm_values_schema() -> dict[str, Any]:
+    """``helm/atlaslab/values.schema.json``: the chart's values, whose ``atlaslab`` key is a site config."""
+    site = json_schema()
+    defs = site.pop("$defs", {})
+    site.pop("$schema", None)
+    obj = {"type": "object"}
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "title": "AtlasLab Helm chart values",
+        "type": "object",
+        "properties": {
+            "atlaslab": {"$ref": "#/$defs/SiteConfig", "description": "The site config (docs/reference.md)."},
+            "jupyterhub": {**obj, "description": "Zero to JupyterHub's own values."},
+            "placeholders": {
+                **obj,
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "image": {"type": "string"},
+                    "kubectlImage": {"type": "string"},
+                    "replicas": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+                    "schedules": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["environment", "replicas", "at"],
+                            "properties": {
+                                "environment": {"type": "string"},
+                                "replicas": {"type": "integer", "minimum": 0},
+                                "at": {"type": "string"},
+                                "until": {"type": "string"},
+                            },
+                            "additionalProperties": False,
+                        },
+                    },
+                },
+                "additionalProperties": False,
+            },
+            "networkPolicy": {
+                **obj,
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "deniedCIDRs": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "exchange": obj,
+            "mlflow": obj,
+            "global": obj,
+        },
+        "$defs": {**defs, "SiteConfig": site},
+    }
+
+
 def _close_id_maps(node: Any) -> None:
     """Maps keyed by ids: pydantic writes ``patternProperties`` but lets other keys through; forbid them."""
     if isinstance(node, dict):
