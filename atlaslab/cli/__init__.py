@@ -149,6 +149,7 @@ def users_import(
     raise typer.Exit(hubapi.import_roster(loaded, roster, course, out, err))
 
 
+from . import courses as courses  # noqa: E402  (adds `course list` and `course install`)
 from . import grading as grading  # noqa: E402  (adds `grade` and `grades export`; uses the names above)
 from . import usage as usage  # noqa: E402  (adds `usage report`)
 
