@@ -104,7 +104,7 @@ def test_quotas_policies_and_placeholders_follow_the_site(chart: Path) -> None:
     assert campus["requests.nvidia.com/gpu"] == "0" and campus["requests.nvidia.com/mig-1g.10gb"] == "0"
     assert campus["requests.nvidia.com/gpu.shared"] != "0"
     policies = by_kind(objects, "NetworkPolicy")
-    for ns in ("lab-rnd", "lab-campus"):
+    for ns in ("lab-rnd", "lab-campus", "lab-users"):
         spec = policies[(ns, "atlaslab-users")]["spec"]
         assert spec["podSelector"] == {} and set(spec["policyTypes"]) == {"Ingress", "Egress"}
         # Ingress only from the hub and proxy; never from other users' pods.
@@ -124,6 +124,9 @@ def test_quotas_policies_and_placeholders_follow_the_site(chart: Path) -> None:
     down = crons[("", "placeholder-gpu-shared-0-down")]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert "--replicas=1" in down["containers"][0]["args"]
     assert ("", "atlaslab-exchange") in deployments and ("", "atlaslab-mlflow") in deployments
+    # The hub may start and watch pods in every users' namespace, and read each tenant's quota.
+    bindings = by_kind(objects, "RoleBinding")
+    assert {ns for ns, name in bindings if name == "atlaslab-hub"} == {"lab-rnd", "lab-campus", "lab-users"}
 
 
 def test_a_malformed_site_in_values_is_refused_naming_the_field(chart: Path, tmp_path: Path) -> None:

@@ -133,3 +133,15 @@ def test_overrides_are_plain_data_and_applying_twice_changes_nothing(tmp_path) -
     # Off by default: one machine keeps AtlasLab's own spawner.
     plain = apply_mod.apply(Config(), parse(f"site: {{state_dir: {tmp_path / 's2'}}}"))
     assert plain.JupyterHub.spawner_class == "atlaslab.hub.spawner.AtlasLabSpawner" and "KubeSpawner" not in plain
+
+
+def test_a_gpu_server_over_the_tenants_quota_is_refused_with_the_reason() -> None:
+    hard = {"requests.nvidia.com/gpu": "2", "requests.nvidia.com/mig-1g.10gb": "0", "pods": "1000"}
+    used = {"requests.nvidia.com/gpu": "1"}
+    assert kube.quota_refusal("rnd", hard, used, {"nvidia.com/gpu": "1"}) is None
+    message = kube.quota_refusal("rnd", hard, used, {"nvidia.com/gpu": "2"})
+    assert message and "All 2 nvidia.com/gpu of tenant rnd are in use (1 taken)" in message
+    message = kube.quota_refusal("rnd", hard, used, {"nvidia.com/mig-1g.10gb": "1"})
+    assert message and "no nvidia.com/mig-1g.10gb in its quota" in message
+    # Resources the quota does not cover are Kubernetes' business.
+    assert kube.quota_refusal("rnd", hard, used, {"example.com/fpga": "1"}) is None

@@ -97,14 +97,53 @@ class ProfileList:
         return profiles_for(self.all_profiles, self.rules, self.fallback, groups, bool(spawner.user.admin))
 
 
+def quota_refusal(tenant: str, hard: dict[str, str], used: dict[str, str], wanted: dict[str, str]) -> str | None:
+    """Why a pod asking for ``wanted`` extended resources would exceed the tenant's ResourceQuota, or None."""
+    for resource, count in wanted.items():
+        limit = hard.get(f"requests.{resource}")
+        if limit is None:
+            continue
+        taken = int(used.get(f"requests.{resource}", "0"))
+        if taken + int(count) > int(limit):
+            if int(limit) == 0:
+                return f"Tenant {tenant} has no {resource} in its quota. Start another environment."
+            return (
+                f"All {limit} {resource} of tenant {tenant} are in use ({taken} taken). Start a CPU environment,"
+                " or try again when a GPU server of your tenant stops."
+            )
+    return None
+
+
 class TenantNamespace:
-    """KubeSpawner's ``pre_spawn_hook``: the pod (and its volume) go to the user's tenant's namespace."""
+    """KubeSpawner's ``pre_spawn_hook``: the pod (and its volume) go to the user's tenant's namespace, and a GPU
+    server over the tenant's quota is refused at once with the reason, instead of a pod Kubernetes rejects."""
 
-    def __init__(self, prefix: str):
-        self.prefix = prefix
+    def __init__(self, prefix: str, all_profiles: list[dict] | None = None):
+        self.prefix, self.all_profiles = prefix, all_profiles or []
 
-    def __call__(self, spawner) -> None:
+    async def __call__(self, spawner) -> None:
         spawner.namespace = tenant_namespace([g.name for g in spawner.user.groups], self.prefix, spawner.namespace)
+        slug = (spawner.user_options or {}).get("profile")
+        chosen = [p for p in self.all_profiles if p["slug"] == slug] or [p for p in self.all_profiles if p["default"]]
+        wanted = chosen[0]["kubespawner_override"].get("extra_resource_guarantees", {}) if chosen else {}
+        if not wanted or not spawner.namespace.startswith(self.prefix):
+            return
+        from aiohttp import ClientError
+        from kubernetes_asyncio.client.rest import ApiException
+        from tornado import web
+
+        try:
+            quota = await spawner.api.read_namespaced_resource_quota("atlaslab-gpus", spawner.namespace)
+        except (ApiException, ClientError, OSError) as e:
+            # No quota object (or no answer): the pod is tried and Kubernetes' own admission decides.
+            spawner.log.warning("GPU quota of %s unreadable (%s); Kubernetes will decide", spawner.namespace, e)
+            return
+        status = quota.status
+        refusal = quota_refusal(
+            spawner.namespace.removeprefix(self.prefix), status.hard or {}, status.used or {}, wanted
+        )
+        if refusal:
+            raise web.HTTPError(403, refusal)
 
 
 def configure_kubernetes(c: Config, loaded: LoadedConfig) -> None:
@@ -113,7 +152,7 @@ def configure_kubernetes(c: Config, loaded: LoadedConfig) -> None:
         return
     c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
     c.KubeSpawner.profile_list = ProfileList(profiles(loaded), access_rules(loaded), default_environments(loaded))
-    c.KubeSpawner.pre_spawn_hook = TenantNamespace(kube.namespace_prefix)
+    c.KubeSpawner.pre_spawn_hook = TenantNamespace(kube.namespace_prefix, profiles(loaded))
     # Pods live in several namespaces (one per tenant): KubeSpawner then watches them all.
     c.KubeSpawner.enable_user_namespaces = True
     c.KubeSpawner.user_namespace_template = f"{kube.namespace_prefix}users"
