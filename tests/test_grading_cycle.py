@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -264,3 +265,29 @@ def test_bad_requests_get_clear_errors(wb):
     assert r.status_code == 400 and "bad student id" in r.json()["error"]
     r = httpx.post(f"{base}/courses/algebra/assignments/nope/grade", json={}, headers=headers, timeout=120)
     assert r.status_code == 200 and r.json()["success"] is False and "nope" in r.json()["error"], r.text
+
+
+def test_a_course_pack_installs_into_the_running_hubs_course(wb):
+    """`atlaslab course install` into a site course: its formgrader lists the assignments and can release them."""
+    r = subprocess.run(
+        [sys.executable, "-m", "atlaslab.cli", "course", "install", "ml-foundations", "--course", "biology",
+         "--config", str(wb.config)],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "numpy-basics, linear-regression, classification generated" in r.stdout
+    root = wb.state / "courses" / "biology"
+    assert (root / "release" / "numpy-basics" / "numpy-basics.ipynb").exists()
+    assert pwd.getpwuid((root / "release" / "numpy-basics").stat().st_uid).pw_name == "grader-biology"
+    fg = Formgrader(login(wb, "teach-b"), "biology")
+    listed = {a["name"] for a in fg.get("assignments")}
+    assert {"numpy-basics", "linear-regression", "classification"} <= listed
+    fg.action("assignment/numpy-basics/release")
+    # An unknown pack, or a course the site does not have, is one clear line.
+    r = subprocess.run(
+        [sys.executable, "-m", "atlaslab.cli", "course", "install", "nope", "--config", str(wb.config)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "no course pack 'nope'" in r.stderr and "Traceback" not in r.stderr
