@@ -255,6 +255,14 @@ class Browser:
         return r.json()["token"]
 
 
+def logged_in(wb: Workbench, name: str, password: str) -> Browser:
+    """A Browser logged in as ``name`` (checked)."""
+    b = Browser(wb)
+    b.login(name, password)
+    assert b.logged_in_as() == name, f"{name} could not log in"
+    return b
+
+
 def wait_service(wb: Workbench, name: str, path: str = "", timeout: float = 120) -> None:
     """Wait until the hub's proxy reaches service ``name``, without cookies: each retry of a browser's OAuth
     dance leaves a state cookie behind, and enough of them overflow the proxy's header limit (431)."""

@@ -7,7 +7,7 @@ import pwd
 import stat
 
 import pytest
-from harness import Browser, Workbench, run_code, wait_server, wait_service, write_site
+from harness import Browser, Workbench, logged_in, run_code, wait_server, wait_service, write_site
 
 pytestmark = pytest.mark.root
 PASSWORD = "course-workshop-password"
@@ -37,10 +37,7 @@ def wb(tmp_path_factory):
 
 
 def login(wb: Workbench, name: str) -> Browser:
-    b = Browser(wb)
-    b.login(name, PASSWORD)
-    assert b.logged_in_as() == name
-    return b
+    return logged_in(wb, name, PASSWORD)
 
 
 def open_formgrader(b: Browser, course: str):

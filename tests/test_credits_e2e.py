@@ -17,7 +17,7 @@ import time
 
 import httpx
 import pytest
-from harness import Browser, Workbench, run_code, unique, wait_server, write_site
+from harness import Browser, Workbench, logged_in, run_code, unique, wait_server, write_site
 
 pytestmark = pytest.mark.root
 PASSWORD = "credits-workshop-password"
@@ -65,10 +65,7 @@ def wb(tmp_path_factory):
 
 
 def login(wb: Workbench, name: str) -> Browser:
-    b = Browser(wb)
-    b.login(name, PASSWORD)
-    assert b.logged_in_as() == name
-    return b
+    return logged_in(wb, name, PASSWORD)
 
 
 def start(b: Browser, name: str, environment: str) -> httpx.Response:

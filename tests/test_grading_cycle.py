@@ -21,7 +21,7 @@ import sys
 import httpx
 import nbformat
 import pytest
-from harness import Browser, Workbench, unique, wait_server, wait_service, write_site
+from harness import Browser, Workbench, logged_in, unique, wait_server, wait_service, write_site
 
 pytestmark = pytest.mark.root
 PASSWORD = "cycle-workshop-password"
@@ -151,10 +151,7 @@ def wb(tmp_path_factory):
 
 
 def login(wb: Workbench, name: str) -> Browser:
-    b = Browser(wb)
-    b.login(name, PASSWORD)
-    assert b.logged_in_as() == name
-    return b
+    return logged_in(wb, name, PASSWORD)
 
 
 def test_the_whole_cycle_through_the_hub(wb):
