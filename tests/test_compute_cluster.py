@@ -102,6 +102,11 @@ def test_a_cluster_in_a_users_server_is_theirs_alone(wb):
         who.spawn()
         wait_server(wb, name, timeout=120)
     token_a, token_b = a.token(), b.token()
+    # Users' servers carry the workbench panel's server side: it knows the server's limits.
+    r = httpx.get(
+        f"{wb.url}/user/{A}/atlaslab/api/workbench/environment", headers={"Authorization": f"token {token_a}"}
+    )
+    assert r.status_code == 200 and r.json()["cpu_limit"] == 2.0 and r.json()["gpus"] == [], r.text
     with kernel(wb, A, token_a) as ws:  # the cluster lives as long as A's kernel
         out = json.loads(execute(ws, CODE, timeout=120).strip().splitlines()[-1])
         check_cluster(wb, out, token_a, token_b)

@@ -184,14 +184,19 @@ def start(p: Plan):
     return Client(cluster)
 
 
+def start_here(**overrides):
+    """A new cluster planned for this process's environment and machine (see :func:`plan`)."""
+    env = dict(os.environ)
+    p = plan(env, **_facts(visible_devices(env)))
+    if overrides:
+        p = Plan(**{**p.__dict__, **overrides})
+    return start(p)
+
+
 def cluster(**overrides):
     """A Dask client for this server: the same one on every call in a kernel. ``overrides`` replace plan fields."""
     global _client
     if _client is not None and _client.status == "running":
         return _client
-    env = dict(os.environ)
-    p = plan(env, **_facts(visible_devices(env)))
-    if overrides:
-        p = Plan(**{**p.__dict__, **overrides})
-    _client = start(p)
+    _client = start_here(**overrides)
     return _client

@@ -408,6 +408,8 @@ class AtlasLabSpawner(LocalProcessSpawner):
         if not any(group.name.startswith("course:") for group in self.user.groups):
             disabled += [e for e in self.course_server_extensions if e not in disabled]
         args += [f"--ServerApp.jpserver_extensions={e}=False" for e in disabled]
+        # The workbench panel's server side (environment, credits, runs, Dask) in every user's server.
+        args.append("--ServerApp.jpserver_extensions=atlaslab.workbench=True")
         # Kernel websockets with TCP_NODELAY: without it every cell's reply waits ~40 ms on delayed ACKs.
         args.append("--ServerApp.kernel_websocket_connection_class=atlaslab.hub.singleuser.NoDelayKernelConnection")
         return args

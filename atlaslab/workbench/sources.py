@@ -1,0 +1,99 @@
+"""What the panel shows, read from plain inputs (environment variables, NVML, the credits service, MLflow)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import httpx
+
+
+class Unavailable(RuntimeError):
+    """A source that cannot answer; its message is shown in the panel."""
+
+
+def environment(env: Mapping[str, str]) -> dict:
+    gpus = [u for u in env.get("ATLASLAB_GPUS", "").split(",") if u]
+    return {
+        "environment": env.get("ATLASLAB_ENVIRONMENT") or None,
+        "cpu_limit": float(env["CPU_LIMIT"]) if env.get("CPU_LIMIT") else None,
+        "mem_limit": int(float(env["MEM_LIMIT"])) if env.get("MEM_LIMIT") else None,
+        "gpus": gpu_status(gpus) if gpus else [],
+    }
+
+
+def gpu_status(uuids: list[str]) -> list[dict]:
+    """Live utilisation and memory of the assigned devices; their UUIDs alone when NVML cannot tell."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as e:
+        return [{"uuid": u, "error": f"NVML unavailable: {e}"} for u in uuids]
+    try:
+        out = []
+        for u in uuids:
+            try:
+                h = pynvml.nvmlDeviceGetHandleByUUID(u)
+                mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+                util = pynvml.nvmlDeviceGetUtilizationRates(h)
+                name = pynvml.nvmlDeviceGetName(h)
+                out.append(
+                    {
+                        "uuid": u,
+                        "name": name.decode() if isinstance(name, bytes) else name,
+                        "utilization": util.gpu,
+                        "memory_used": mem.used,
+                        "memory_total": mem.total,
+                    }
+                )
+            except pynvml.NVMLError as e:
+                out.append({"uuid": u, "error": str(e)})
+        return out
+    finally:
+        pynvml.nvmlShutdown()
+
+
+async def credits(env: Mapping[str, str]) -> dict:
+    url, token = env.get("ATLASLAB_CREDITS_URL"), env.get("JUPYTERHUB_API_TOKEN")
+    if not url or not token:
+        raise Unavailable("credits are not available on this server (no credits service configured)")
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            r = await client.get(url.rstrip("/") + "/api/v1/me", headers={"Authorization": f"token {token}"})
+    except httpx.HTTPError as e:
+        raise Unavailable(f"the credits service did not answer ({e})") from None
+    if r.status_code != 200:
+        raise Unavailable(f"the credits service answered {r.status_code}: {r.text[:200]}")
+    data = r.json()
+    return {"budgets": data.get("budgets", []), "notices": data.get("notices", []), "gpus": data.get("gpus", [])}
+
+
+def runs(env: Mapping[str, str], limit: int = 5) -> list[dict]:
+    uri = env.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise Unavailable("experiment tracking is not configured for this server (no MLFLOW_TRACKING_URI)")
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        experiments = client.search_experiments(max_results=50)
+        found = client.search_runs(
+            [e.experiment_id for e in experiments], max_results=limit, order_by=["attributes.start_time DESC"]
+        )
+    except Exception as e:
+        raise Unavailable(f"MLflow did not answer ({type(e).__name__}: {str(e)[:200]})") from None
+    ui = uri.rstrip("/")
+    return [
+        {
+            "run_id": run.info.run_id,
+            "name": run.info.run_name,
+            "experiment_id": run.info.experiment_id,
+            "status": run.info.status,
+            "start_time": run.info.start_time,
+            "metrics": dict(run.data.metrics),
+            "link": f"{ui}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}",
+        }
+        for run in found
+    ]
