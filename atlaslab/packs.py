@@ -23,10 +23,14 @@ REPO_COURSES = Path(__file__).resolve().parent.parent / "courses"
 
 
 def default_courses() -> Path:
-    """$ATLASLAB_COURSES, else the clone's courses/ (AtlasLab installed from it), else ./courses."""
+    """$ATLASLAB_COURSES; else the clone's courses/ (an editable install); else PREFIX/courses, which
+    scripts/install.sh links to the clone's (PREFIX/venv is this interpreter's environment); else ./courses."""
     if os.environ.get("ATLASLAB_COURSES"):
         return Path(os.environ["ATLASLAB_COURSES"])
-    return REPO_COURSES if REPO_COURSES.is_dir() else Path.cwd() / "courses"
+    for candidate in (REPO_COURSES, Path(sys.prefix).parent / "courses"):
+        if candidate.is_dir():
+            return candidate
+    return Path.cwd() / "courses"
 
 
 class PackError(ValueError):

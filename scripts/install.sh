@@ -52,6 +52,8 @@ if [ $test_extras = 1 ]; then
 fi
 ln -sf "$repo/node_modules/.bin/configurable-http-proxy" "$prefix/bin/configurable-http-proxy"
 ln -sf "$prefix/venv/bin/atlaslab" "$prefix/bin/atlaslab"
+# Course packs stay in the clone; `atlaslab course` finds them through PREFIX/courses.
+ln -sfn "$repo/courses" "$prefix/courses"
 chmod -R a+rX "$prefix"
 
 step "Done"

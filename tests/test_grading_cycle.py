@@ -271,6 +271,7 @@ def test_a_course_pack_installs_into_the_running_hubs_course(wb):
          "--config", str(wb.config)],
         capture_output=True,
         text=True,
+        cwd="/",  # found without the clone as working directory (through PREFIX/courses or the editable install)
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert "numpy-basics, linear-regression, classification generated" in r.stdout
