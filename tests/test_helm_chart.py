@@ -6,54 +6,18 @@ of Chart.yaml, which helm would otherwise insist on fetching)."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import kubernetes_validate
 import pytest
 import yaml
+from kube_support import CHART, REPO, by_kind, chart_without_dependency, helm, render
 
 from atlaslab.config.docs import helm_values_schema
-
-REPO = Path(__file__).parent.parent
-CHART = REPO / "helm" / "atlaslab"
-K8S_VERSION = kubernetes_validate.latest_version()
-
-
-def helm_binary() -> str:
-    beside = Path(sys.executable).parents[2] / "bin" / "helm"  # PREFIX/venv/bin/python -> PREFIX/bin/helm
-    found = str(beside) if beside.exists() else shutil.which("helm")
-    if not found:
-        pytest.fail("no helm binary: run scripts/install.sh --test (it installs one into PREFIX/bin)")
-    return found
 
 
 @pytest.fixture(scope="module")
 def chart(tmp_path_factory) -> Path:
-    copy = tmp_path_factory.mktemp("chart") / "atlaslab"
-    shutil.copytree(CHART, copy)
-    meta = yaml.safe_load((copy / "Chart.yaml").read_text())
-    assert [d["name"] for d in meta.pop("dependencies")] == ["jupyterhub"]
-    (copy / "Chart.yaml").write_text(yaml.safe_dump(meta))
-    return copy
-
-
-def helm(chart: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([helm_binary(), *args], cwd=chart, capture_output=True, text=True, timeout=120)
-    if ok:
-        assert r.returncode == 0, r.stdout + r.stderr
-    return r
-
-
-def render(chart: Path, values: Path) -> list[dict]:
-    helm(chart, "lint", ".", "-f", str(values))
-    out = helm(chart, "template", "t", ".", "-f", str(values), "--namespace", "atlaslab").stdout
-    objects = [o for o in yaml.safe_load_all(out) if o]
-    for o in objects:
-        kubernetes_validate.validate(o, K8S_VERSION, strict=True)
-    return objects
+    return chart_without_dependency(tmp_path_factory.mktemp("chart"))
 
 
 def example_values(tmp: Path) -> Path:
@@ -61,10 +25,6 @@ def example_values(tmp: Path) -> Path:
     path = tmp / "example-values.yaml"
     path.write_text(yaml.safe_dump({"jupyterhub": {"enabled": False}, "atlaslab": site}))
     return path
-
-
-def by_kind(objects: list[dict], kind: str) -> dict[tuple[str, str], dict]:
-    return {(o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in objects if o["kind"] == kind}
 
 
 def test_values_schema_is_generated_from_the_site_config_schema() -> None:
@@ -112,7 +72,24 @@ def test_quotas_policies_and_placeholders_follow_the_site(chart: Path) -> None:
         assert all(p.get("podSelector") for p in rule["from"])
         blocks = [p["ipBlock"] for r in spec["egress"] for p in r["to"] if "ipBlock" in p]
         assert blocks and all("169.254.169.254/32" in b["except"] for b in blocks)
+    limits = by_kind(objects, "LimitRange")
+    # No container larger than the tenant's largest environment (rnd: gpu-two, 8 cores and 32G).
+    [rnd_limits] = limits[("lab-rnd", "atlaslab-limits")]["spec"]["limits"]
+    assert rnd_limits["max"] == {"cpu": "8", "memory": str(32 * 1024**3)}
+    [campus_limits] = limits[("lab-campus", "atlaslab-limits")]["spec"]["limits"]
+    assert campus_limits["max"] == {"cpu": "2", "memory": str(8 * 1024**3)}
+    namespaces = by_kind(objects, "Namespace")
+    for ns in ("lab-rnd", "lab-campus", "lab-users"):
+        # Zero to JupyterHub's hub NetworkPolicy admits users' pods from these namespaces only.
+        assert namespaces[("", ns)]["metadata"]["labels"]["hub.jupyter.org/network-access-hub"] == "true"
     deployments = by_kind(objects, "Deployment")
+    slice_ = deployments[("", "placeholder-gpu-slice")]["spec"]["template"]["spec"]
+    # Placeholders hold room on the nodes the environment's servers use (GPU selector plus the site's placement).
+    assert slice_["nodeSelector"] == {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "A100-SXM4-80GB"}
+    cpu = deployments[("", "placeholder-cpu-small")]["spec"]["template"]["spec"]
+    assert cpu["nodeSelector"] == {"node-pool": "students"}
+    [toleration] = cpu["tolerations"]
+    assert toleration == {"key": "dedicated", "operator": "Equal", "value": "students", "effect": "NoSchedule"}
     gpu = deployments[("", "placeholder-gpu-shared")]["spec"]["template"]["spec"]
     assert gpu["priorityClassName"] == "t-placeholder"
     assert gpu["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu.shared": "1"}

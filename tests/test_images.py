@@ -3,13 +3,17 @@ CPU user image's pinned requirements installed into a fresh virtual environment 
 
 from __future__ import annotations
 
+import importlib
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from jupyter_server.extension.config import ExtensionConfigManager
+from traitlets.config.loader import PyFileConfigLoader
 
 REPO = Path(__file__).parent.parent
 IMAGES = REPO / "images"
@@ -49,6 +53,38 @@ def test_cpu_requirements_are_pinned_and_cover_atlaslab() -> None:
     assert {"jupyterlab-language-pack-fr-fr", "jupyterlab-language-pack-ar-sa"} <= pinned
     gpu = (IMAGES / "requirements-user-gpu.txt").read_text()
     assert "-r requirements-user-cpu.txt" in gpu and "dask-cuda==" in gpu and "cudf-cu12==" in gpu
+
+
+def test_hub_image_has_what_zero_to_jupyterhubs_config_needs() -> None:
+    # z2jh's jupyterhub_config.py selects tornado's curl client first thing; without pycurl the hub cannot start.
+    hub = (IMAGES / "requirements-hub.txt").read_text()
+    assert "-r requirements-user-cpu.txt" in hub and re.search(r"^pycurl==", hub, re.MULTILINE)
+    assert "requirements-hub.txt" in (IMAGES / "Dockerfile.hub").read_text()
+    for name in ("jupyterhub", "jupyterhub-kubespawner", "kubernetes-asyncio", "jupyterhub-idle-culler"):
+        assert re.search(
+            rf"^{name.replace('-', '[-_]')}==", (IMAGES / "requirements-user-cpu.txt").read_text(), re.I | re.M
+        )
+
+
+def test_user_images_carry_the_jupyter_config_the_hub_hands_over_on_one_machine(tmp_path: Path) -> None:
+    for name in ("Dockerfile.user-cpu", "Dockerfile.user-gpu"):
+        assert "python -m atlaslab.hub.imageconfig" in (IMAGES / name).read_text(), name
+    # The image's system config dir holds the packages' own files (nbgrader enables its extensions) and ours.
+    etc = tmp_path / "etc" / "jupyter"
+    shutil.copytree(Path(sys.prefix) / "etc" / "jupyter" / "jupyter_server_config.d", etc / "jupyter_server_config.d")
+    r = subprocess.run([sys.executable, "-m", "atlaslab.hub.imageconfig", str(etc)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    enabled = ExtensionConfigManager(read_config_path=[str(etc)]).get_jpserver_extensions()
+    assert enabled["nbgrader.server_extensions.formgrader"] is False
+    assert enabled["nbgrader.server_extensions.course_list"] is False
+    assert enabled["nbgrader.server_extensions.assignment_list"] is True and enabled["jupyterlab"] is True
+    # nbgrader, as students run it, uses AtlasLab's exchange classes.
+    loader = PyFileConfigLoader("nbgrader_config.py", path=str(etc))
+    factory = loader.load_config().ExchangeFactory
+    assert factory.fetch_assignment == "atlaslab.grading.client.ExchangeFetchAssignment"
+    for dotted in factory.values():
+        module, cls = dotted.rsplit(".", 1)
+        assert getattr(importlib.import_module(module), cls)
 
 
 SMOKE = """

@@ -3,12 +3,8 @@ OpenAPI schema accepts, with the right GPU/MIG limits, selectors, tolerations, n
 
 from __future__ import annotations
 
-import inspect
-from types import SimpleNamespace
-
-import kubernetes_validate
 import pytest
-from kubernetes_asyncio.client import ApiClient
+from kube_support import hub_user, offline_kubeconfig, pod_for
 from kubespawner import KubeSpawner
 from traitlets.config import Config
 
@@ -16,10 +12,16 @@ from atlaslab.config import parse
 from atlaslab.hub import apply as apply_mod
 from atlaslab.hub import kube
 
-K8S_VERSION = kubernetes_validate.latest_version()
 SITE = """
 site: {state_dir: STATE}
-kubernetes: {enabled: true, namespace_prefix: lab-, storage: 5G, storage_class: fast}
+kubernetes:
+  enabled: true
+  namespace_prefix: lab-
+  storage: 5G
+  storage_class: fast
+  placement:
+    gpu-slice: {node_selector: {nvidia.com/gpu.product: A100-SXM4-80GB}}
+    cpu-small: {node_selector: {node-pool: students}, tolerations: [{key: dedicated, operator: Equal, value: students}]}
 tenants:
   campus: {title: Campus, environments: [cpu-small, gpu-shared]}
   rnd: {title: R&D, environments: [cpu-small, gpu-two, gpu-slice]}
@@ -31,48 +33,18 @@ environments:
 """
 
 
-def user(name: str, groups: list[str], admin: bool = False) -> SimpleNamespace:
-    return SimpleNamespace(
-        name=name,
-        id=7,
-        url=f"/user/{name}/",
-        admin=admin,
-        groups=[SimpleNamespace(name=g) for g in groups],
-        escaped_name=name,
-    )
-
-
-KUBECONFIG = """
-apiVersion: v1
-kind: Config
-clusters: [{name: none, cluster: {server: "https://127.0.0.1:1"}}]
-users: [{name: none, user: {token: unused}}]
-contexts: [{name: none, context: {cluster: none, user: none}}]
-current-context: none
-"""
+def user(name: str, groups: list[str], admin: bool = False):
+    return hub_user(name, groups, admin)
 
 
 @pytest.fixture
 def config(tmp_path, monkeypatch) -> Config:
-    # KubeSpawner loads a client config when created; nothing here talks to it (manifests are built locally).
-    import kubernetes_asyncio.config.kube_config as kube_config
-
-    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+    offline_kubeconfig(tmp_path, monkeypatch)
     return apply_mod.apply(Config(), parse(SITE.replace("STATE", str(tmp_path / "state"))))
 
 
-async def manifest_for(config: Config, who: SimpleNamespace, slug: str) -> dict:
-    spawner = KubeSpawner(_mock=True, config=config, user=who)
-    spawner.user_options = {"profile": slug}
-    await spawner.load_user_options()
-    hooked = spawner.run_pre_spawn_hook()
-    if inspect.isawaitable(hooked):
-        await hooked
-    pod = ApiClient().sanitize_for_serialization(await spawner.get_pod_manifest())
-    pod.setdefault("apiVersion", "v1")
-    pod.setdefault("kind", "Pod")
-    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+async def manifest_for(config: Config, who, slug: str) -> dict:
+    pod, spawner = await pod_for(config, who, slug)
     return {"pod": pod, "namespace": spawner.namespace}
 
 
@@ -104,6 +76,14 @@ async def test_every_environment_yields_a_valid_pod(config: Config) -> None:
 
     mig = await manifest_for(config, rnd, "gpu-slice")
     assert container(mig["pod"])["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == "1"
+    # The site's placement adds to the GPU nodes' selector: MIG slices only on the A100 pool.
+    assert mig["pod"]["spec"]["nodeSelector"] == {
+        "nvidia.com/gpu.present": "true",
+        "nvidia.com/gpu.product": "A100-SXM4-80GB",
+    }
+    assert cpu["pod"]["spec"]["nodeSelector"] == {"node-pool": "students"}
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "students", "effect": "NoSchedule"}
+    assert toleration in cpu["pod"]["spec"]["tolerations"]
 
     shared = await manifest_for(config, campus, "gpu-shared")
     assert shared["namespace"] == "lab-campus"

@@ -76,6 +76,11 @@ def helm_values_schema() -> dict[str, Any]:
                     "deniedCIDRs": {"type": "array", "items": {"type": "string"}},
                 },
             },
+            "siteFiles": {
+                **obj,
+                "description": "Files the site config names by relative path (rosters): path -> text.",
+                "additionalProperties": {"type": "string"},
+            },
             "exchange": obj,
             "mlflow": obj,
             "global": obj,

@@ -548,6 +548,26 @@ class Credits(Model):
         return sorted(v)
 
 
+class Toleration(Model):
+    """A node taint an environment's pods tolerate (Kubernetes' own toleration fields)."""
+
+    key: str = Field(description="Taint key, e.g. nvidia.com/gpu or dedicated.", min_length=1)
+    operator: Literal["Exists", "Equal"] = Field("Exists", description="Exists: any value; Equal: `value` only.")
+    value: str | None = Field(None, description="Taint value, with operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        "NoSchedule", description="Taint effect tolerated; empty: every effect."
+    )
+
+
+class Placement(Model):
+    """Where one environment's pods may run, on top of the GPU node selector and toleration."""
+
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the pods must match, e.g. {nvidia.com/gpu.product: A100}."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, description="Node taints the pods tolerate.")
+
+
 class Kubernetes(Model):
     """Run users' servers as Kubernetes pods (KubeSpawner) instead of processes on this machine."""
 
@@ -575,6 +595,11 @@ class Kubernetes(Model):
     )
     storage: Size = Field(10 * 1024**3, description="Size of each user's persistent volume (their home).")
     storage_class: str | None = Field(None, description="StorageClass of users' volumes. Default: the cluster's.")
+    placement: dict[Identifier, Placement] = Field(
+        default_factory=dict,
+        description="Per environment id: node labels and taints of the nodes its servers (and placeholders) use,"
+        " e.g. MIG slices on the A100 pool, large CPU servers on high-memory nodes.",
+    )
 
 
 class SiteConfig(Model):
@@ -604,6 +629,16 @@ class SiteConfig(Model):
     credits: Credits = Field(default_factory=Credits, description="GPU and CPU budgets, and what happens at their end.")
     kubernetes: Kubernetes = Field(default_factory=Kubernetes, description="Servers as pods on a Kubernetes cluster.")
     tracking: Tracking = Field(default_factory=Tracking, description="Experiment tracking (MLflow) behind the hub.")
+
+    @model_validator(mode="after")
+    def _placement_of_known_environments(self) -> SiteConfig:
+        unknown = sorted(set(self.kubernetes.placement) - set(self.environments))
+        if unknown:
+            raise ValueError(
+                f"kubernetes.placement names unknown environments: {', '.join(unknown)};"
+                f" use one of {', '.join(self.environments)}"
+            )
+        return self
 
     @field_validator("login")
     @classmethod

@@ -46,16 +46,37 @@ def environment_override(key: str, env: Environment, kube: Kubernetes) -> dict[s
         "environment": {"ATLASLAB_ENVIRONMENT": key},
     }
     limits = gpu_limits(env, kube)
+    selector, tolerations = scheduling(key, env, kube)
     if limits:
         override["extra_resource_limits"] = {name: str(n) for name, n in limits.items()}
         override["extra_resource_guarantees"] = {name: str(n) for name, n in limits.items()}
-        override["node_selector"] = dict(kube.gpu_node_selector)
-        if kube.gpu_tolerate_taint:
-            override["tolerations"] = [{"key": kube.gpu_tolerate_taint, "operator": "Exists", "effect": "NoSchedule"}]
     else:
         # The NVIDIA container runtime would otherwise expose every GPU of the node to a CPU pod.
         override["environment"].update({"NVIDIA_VISIBLE_DEVICES": "none", "CUDA_VISIBLE_DEVICES": ""})
+    if selector:
+        override["node_selector"] = selector
+    if tolerations:
+        override["tolerations"] = tolerations
     return override
+
+
+def scheduling(key: str, env: Environment, kube: Kubernetes) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """Node selector and tolerations of ``env``'s pods: the GPU nodes' for a GPU environment, then the site's
+    ``kubernetes.placement`` of this environment (which wins on a label both set)."""
+    selector: dict[str, str] = {}
+    tolerations: list[dict[str, str]] = []
+    if env.gpu is not None:
+        selector.update(kube.gpu_node_selector)
+        if kube.gpu_tolerate_taint:
+            tolerations.append({"key": kube.gpu_tolerate_taint, "operator": "Exists", "effect": "NoSchedule"})
+    placement = kube.placement.get(key)
+    if placement is not None:
+        selector.update(placement.node_selector)
+        for t in placement.tolerations:
+            toleration = t.model_dump(exclude_none=True)
+            if toleration not in tolerations:
+                tolerations.append(toleration)
+    return selector, tolerations
 
 
 def profiles(loaded: LoadedConfig) -> list[dict[str, Any]]:

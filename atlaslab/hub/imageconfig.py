@@ -1,0 +1,33 @@
+"""Jupyter config baked into the user images (images/Dockerfile.user-*), for servers KubeSpawner starts.
+
+On one machine the hub hands users' servers this config through JUPYTER_CONFIG_PATH (a directory in STATE_DIR) and
+its spawner turns nbgrader's instructor extensions off per user; a pod has neither, so the image carries the same
+settings in its system config directory: ``python -m atlaslab.hub.imageconfig PREFIX/etc/jupyter``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .apply import STUDENT_DISABLED_EXTENSIONS
+from .grading import client_config
+
+
+def server_config() -> dict:
+    # Instructors grade through their course's formgrader service, never in their own server.
+    return {"ServerApp": {"jpserver_extensions": {name: False for name in STUDENT_DISABLED_EXTENSIONS}}}
+
+
+def write(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "nbgrader_config.py").write_text(client_config())
+    conf_d = directory / "jupyter_server_config.d"
+    conf_d.mkdir(exist_ok=True)
+    # Sorted after the packages' own files (nbgrader.json enables them), so this one wins.
+    (conf_d / "zz-atlaslab.json").write_text(json.dumps(server_config(), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    write(Path(sys.argv[1]))
