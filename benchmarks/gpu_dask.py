@@ -23,16 +23,13 @@ def workload(rows: int, matrix: int, gpu: bool) -> dict[str, float]:
 
     times = {}
     parts = max(2, rows // 2_000_000)
-    if gpu:
-        import cupy
-        import dask_cudf
-
-        left = dask_cudf.from_dask_dataframe(_frame(dd, rows, parts))
-        right = dask_cudf.from_dask_dataframe(_keys(dd))
-        rs = da.random.RandomState(0, RandomState=cupy.random.RandomState)
-    else:
-        left, right = _frame(dd, rows, parts), _keys(dd)
-        rs = da.random.RandomState(0)
+    left, right = _frame(dd, rows, parts), _keys(dd)
+    a = da.random.default_rng(0).random((matrix, matrix), chunks=matrix // 4, dtype="float32")
+    b = da.random.default_rng(1).random((matrix, matrix), chunks=matrix // 4, dtype="float32")
+    if gpu:  # the very same data, moved to cuDF and CuPy (Dask's backend switch; needs dask-cudf and cupy)
+        left, right = left.to_backend("cudf"), right.to_backend("cudf")
+        a, b = a.to_backend("cupy"), b.to_backend("cupy")
+    a, b = a.persist(), b.persist()  # generation is not part of the timed product
     left = left.persist()
     _wait(left)
     t = time.perf_counter()
@@ -40,8 +37,7 @@ def workload(rows: int, matrix: int, gpu: bool) -> dict[str, float]:
     merged = left.merge(right, on="key").groupby("region")["value"].sum().compute()
     times["dataframe"] = time.perf_counter() - t
     assert len(grouped) == 1000 and len(merged) == 10
-    a = rs.random_sample((matrix, matrix), chunks=matrix // 4).astype("float32")
-    b = rs.random_sample((matrix, matrix), chunks=matrix // 4).astype("float32")
+    _wait([a, b])
     t = time.perf_counter()
     total = float((a @ b).sum().compute())
     times["array"] = time.perf_counter() - t
