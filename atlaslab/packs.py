@@ -147,13 +147,27 @@ def install(pack: Pack, course_root: Path, course_id: str | None = None) -> list
             cwd=course_root,
             capture_output=True,
             text=True,
-            # nbgrader runs `alembic` from PATH: this venv's first.
-            env={**os.environ, "JUPYTER_CONFIG_DIR": str(course_root / ".jupyter"), "PATH": server_path()},
+            env=_nbgrader_env(course_root),
         )
         if r.returncode != 0:
             raise PackError(f"{pack.root}: {a.id}: nbgrader generate_assignment failed:\n{r.stdout}{r.stderr}")
     _hand_over(course_root)
     return [a.id for a in pack.assignments]
+
+
+def _nbgrader_env(course_root: Path) -> dict[str, str]:
+    """The environment of the nbgrader child process."""
+    # The hub's course config names AtlasLab's nbgrader plugins (atlaslab.grading.nbauth): the child must import
+    # this very atlaslab, even when it is importable here only through sys.path (a clone, a test run), not the venv.
+    here = str(Path(__file__).resolve().parent.parent)
+    pythonpath = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    # nbgrader runs `alembic` from PATH: this venv's first.
+    return {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(course_root / ".jupyter"),
+        "PATH": server_path(),
+        "PYTHONPATH": pythonpath,
+    }
 
 
 def _hand_over(course_root: Path) -> None:

@@ -274,13 +274,13 @@ def test_a_course_pack_installs_into_the_running_hubs_course(wb):
         cwd="/",  # found without the clone as working directory (through PREFIX/courses or the editable install)
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "numpy-basics, linear-regression, classification generated" in r.stdout
+    assert "numpy-basics, linear-regression, classification, evaluation generated" in r.stdout
     root = wb.state / "courses" / "biology"
     assert (root / "release" / "numpy-basics" / "numpy-basics.ipynb").exists()
     assert pwd.getpwuid((root / "release" / "numpy-basics").stat().st_uid).pw_name == "grader-biology"
     fg = Formgrader(login(wb, "teach-b"), "biology")
     listed = {a["name"] for a in fg.get("assignments")}
-    assert {"numpy-basics", "linear-regression", "classification"} <= listed
+    assert {"numpy-basics", "linear-regression", "classification", "evaluation"} <= listed
     fg.action("assignment/numpy-basics/release")
     # An unknown pack, or a course the site does not have, is one clear line.
     r = subprocess.run(

@@ -64,7 +64,10 @@ def course_install(
             raise typer.Exit(2)
         from atlaslab.grading.courses import ensure_course_dir
 
-        course_dir = ensure_course_dir(loaded.state_dir, course_id).root
+        # The course's own setting, as at hub start (which rewrites these configs): hidden tests stay hidden
+        # from feedback unless the site says otherwise.
+        reveal = loaded.site.courses[course_id].reveal_hidden_tests
+        course_dir = ensure_course_dir(loaded.state_dir, course_id, reveal_hidden_tests=reveal).root
     try:
         with err.status(f"generating the assignments of {found.id}"):
             done = packs.install(found, course_dir, course_id)
