@@ -24,6 +24,8 @@ need_apt=()
 [ -x "$python" ] && "$python" -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3 python3-venv)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+# The workbench panel's browser test drives Debian's chromium (Playwright cannot download browsers here).
+if [ $test_extras = 1 ] && ! command -v chromium >/dev/null; then need_apt+=(chromium); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "missing: ${need_apt[*]}; install them (apt-get install ${need_apt[*]}) and rerun" >&2; exit 1; fi
   step "Installing system packages: ${need_apt[*]}"
@@ -35,9 +37,13 @@ step "Creating the virtual environment in $prefix/venv"
 mkdir -p "$prefix"
 [ -x "$prefix/venv/bin/python" ] || "$python" -m venv "$prefix/venv"
 "$prefix/venv/bin/python" -m pip install --quiet --upgrade pip
-spec="$repo"; [ $test_extras = 1 ] && spec="$repo[test]"
+# The courses extra: what the course packs' notebooks import (scikit-learn, pandas, pvlib).
+spec="$repo[courses]"; [ $test_extras = 1 ] && spec="$repo[test,courses]"
 if [ $editable = 1 ]; then
   "$prefix/venv/bin/pip" install --quiet --progress-bar off -e "$spec"
+  # An editable install leaves out data-files: link the built workbench panel where JupyterLab looks.
+  mkdir -p "$prefix/venv/share/jupyter/labextensions"
+  ln -sfn "$repo/atlaslab/labextension" "$prefix/venv/share/jupyter/labextensions/atlaslab-workbench"
 else
   "$prefix/venv/bin/pip" install --quiet --progress-bar off "$spec"
 fi
@@ -47,6 +53,8 @@ if [ $test_extras = 1 ]; then (cd "$repo" && npm ci --no-audit --no-fund --logle
 else (cd "$repo" && npm ci --omit=dev --no-audit --no-fund --loglevel=error); fi
 mkdir -p "$prefix/bin"
 if [ $test_extras = 1 ]; then
+  step "Installing the workbench panel's build tools (its TypeScript tests)"
+  (cd "$repo/lab_extensions/atlaslab-workbench" && npm ci --no-audit --no-fund --loglevel=error)
   step "Installing helm for the chart tests"
   "$prefix/venv/bin/python" "$repo/scripts/fetch_helm.py" "$prefix"
 fi

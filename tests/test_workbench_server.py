@@ -94,3 +94,10 @@ def test_nothing_without_the_servers_token(server) -> None:
     for path in ("environment", "credits", "runs", "dask"):
         assert httpx.get(f"{url}/{path}", timeout=30).status_code == 403
     assert httpx.post(f"{url}/dask", json={"action": "start"}, timeout=30).status_code == 403
+
+
+def test_hub_sources_without_a_hub_say_why(server) -> None:
+    url, _ = server
+    for path in ("idle", "courses"):
+        r = call(f"{url}/{path}")
+        assert r.status_code == 503 and "not started by a hub" in r.json()["error"]

@@ -107,6 +107,13 @@ def configure_spawner(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
     if isolation_mode(loaded) == "none" and os.geteuid() == 0:
         # Development mode run as root: Jupyter refuses root unless told; users are not isolated anyway.
         c.AtlasLabSpawner.args = ["--ServerApp.allow_root=True"]
+    # dask-labextension's dashboard check, taught to find dashboards behind the user's own server (its stock
+    # check fetches them without credentials and meets the hub's login): atlaslab/compute/dashboard.py.
+    current_args = c.AtlasLabSpawner.get("args")
+    c.AtlasLabSpawner.args = [
+        *(current_args if isinstance(current_args, list) else []),
+        "--ServerApp.jpserver_extensions=atlaslab.compute.dashboard=True",
+    ]
     c.AtlasLabSpawner.home_root = str(loaded.site.spawner.home_root)
     c.AtlasLabSpawner.dev_home_root = str(state.dev_homes)
     c.AtlasLabSpawner.default_url = loaded.site.spawner.default_url
@@ -161,6 +168,17 @@ def configure_limits(c: Config, loaded: LoadedConfig) -> None:
     lim = loaded.site.limits
     c.JupyterHub.active_server_limit = lim.max_servers
     c.JupyterHub.concurrent_spawn_limit = lim.concurrent_spawns
+    # The workbench panel (atlaslab/workbench) shows the time left before the idle cull and the user's courses:
+    # it reads the user's own model (last_activity, groups) with the server's token.
+    culled = bool(loaded.site.services.idle_culler and lim.idle_cull_after)
+    current = c.AtlasLabSpawner.get("environment")
+    c.AtlasLabSpawner.environment = {
+        **(current if isinstance(current, dict) else {}),
+        "ATLASLAB_IDLE_CULL_AFTER": str(int(lim.idle_cull_after) if culled else 0),
+    }
+    c.Spawner.server_token_scopes = scopes.with_scope(
+        c.Spawner.get("server_token_scopes"), scopes.SERVER_TOKEN_SCOPES, "read:users!user"
+    )
 
 
 def configure_services(c: Config, loaded: LoadedConfig, state: StateDir) -> list[dict]:

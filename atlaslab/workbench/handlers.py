@@ -18,6 +18,17 @@ class _Base(APIHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data))
 
+    def write_error(self, status_code: int, **kwargs: object) -> None:
+        """Every error as {"error": message}, which the panel shows in place of the section."""
+        exc = kwargs.get("exc_info")
+        message = self._reason
+        if exc and isinstance(exc[1], web.HTTPError) and exc[1].log_message:  # type: ignore[index]
+            message = exc[1].log_message  # type: ignore[index]
+        elif exc:
+            message = f"{type(exc[1]).__name__}: {exc[1]}"  # type: ignore[index]
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": message}))
+
     def unavailable(self, e: sources.Unavailable) -> None:
         self.set_status(503)
         self.reply({"error": str(e)})
@@ -43,6 +54,27 @@ class RunsHandler(_Base):
     async def get(self) -> None:
         try:
             self.reply({"runs": await asyncio.to_thread(sources.runs, dict(os.environ))})
+        except sources.Unavailable as e:
+            self.unavailable(e)
+
+
+class IdleHandler(_Base):
+    """The time left before the hub's idle culler stops this server."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        env = dict(os.environ)
+        try:
+            self.reply(sources.idle(await sources.hub_user(env), env))
+        except sources.Unavailable as e:
+            self.unavailable(e)
+
+
+class CoursesHandler(_Base):
+    @web.authenticated
+    async def get(self) -> None:
+        try:
+            self.reply({"courses": sources.courses(await sources.hub_user(dict(os.environ)))})
         except sources.Unavailable as e:
             self.unavailable(e)
 
@@ -91,5 +123,7 @@ def handlers(base_url: str) -> list[tuple[str, type]]:
         (api + "/environment", EnvironmentHandler),
         (api + "/credits", CreditsHandler),
         (api + "/runs", RunsHandler),
+        (api + "/idle", IdleHandler),
+        (api + "/courses", CoursesHandler),
         (api + "/dask", DaskHandler),
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 import httpx
 
@@ -97,3 +98,47 @@ def runs(env: Mapping[str, str], limit: int = 5) -> list[dict]:
         }
         for run in found
     ]
+
+
+async def hub_user(env: Mapping[str, str]) -> dict:
+    """The user's own model from the hub (last activity, groups), read with the server's token."""
+    api, token, user = env.get("JUPYTERHUB_API_URL"), env.get("JUPYTERHUB_API_TOKEN"), env.get("JUPYTERHUB_USER")
+    if not api or not token or not user:
+        raise Unavailable("this server was not started by a hub (no JUPYTERHUB_API_URL)")
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            r = await client.get(f"{api.rstrip('/')}/users/{user}", headers={"Authorization": f"token {token}"})
+    except httpx.HTTPError as e:
+        raise Unavailable(f"the hub did not answer ({e})") from None
+    if r.status_code != 200:
+        raise Unavailable(f"the hub answered {r.status_code}: {r.text[:200]}")
+    return r.json()
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def idle(model: Mapping, env: Mapping[str, str], now: datetime | None = None) -> dict:
+    """Seconds left before the hub's idle culler stops this server, from the hub's last activity."""
+    after = int(float(env.get("ATLASLAB_IDLE_CULL_AFTER") or 0))
+    server = (model.get("servers") or {}).get(env.get("JUPYTERHUB_SERVER_NAME", ""), {})
+    last = _parse_time(server.get("last_activity") or model.get("last_activity"))
+    if not after or last is None:
+        return {"idle_cull_after": after or None, "last_activity": last.isoformat() if last else None, "left": None}
+    now = now or datetime.now(UTC)
+    left = max(0, int(after - (now - last).total_seconds()))
+    return {"idle_cull_after": after, "last_activity": last.isoformat(), "left": left}
+
+
+def courses(model: Mapping) -> list[dict]:
+    """The user's courses, from hub groups ``course:ID:ROLE`` (students, graders, instructors)."""
+    found: dict[str, set[str]] = {}
+    for group in model.get("groups") or []:
+        parts = group.split(":")
+        if len(parts) == 3 and parts[0] == "course" and parts[1]:
+            found.setdefault(parts[1], set()).add(parts[2])
+    return [{"id": course, "roles": sorted(roles), "due": []} for course, roles in sorted(found.items())]
