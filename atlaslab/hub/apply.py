@@ -16,7 +16,7 @@ from traitlets.config import Config
 from atlaslab.config import LoadedConfig
 from atlaslab.tracking.hub import configure_tracking
 
-from . import membership, ports, roles, scopes, services
+from . import language, membership, ports, roles, scopes, services
 from .accounts import server_path
 from .auth import configure_authenticator
 from .courses import course_services
@@ -109,11 +109,10 @@ def configure_spawner(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
         c.AtlasLabSpawner.args = ["--ServerApp.allow_root=True"]
     # dask-labextension's dashboard check, taught to find dashboards behind the user's own server (its stock
     # check fetches them without credentials and meets the hub's login): atlaslab/compute/dashboard.py.
+    dashboard_arg = "--ServerApp.jpserver_extensions=atlaslab.compute.dashboard=True"
     current_args = c.AtlasLabSpawner.get("args")
-    c.AtlasLabSpawner.args = [
-        *(current_args if isinstance(current_args, list) else []),
-        "--ServerApp.jpserver_extensions=atlaslab.compute.dashboard=True",
-    ]
+    current_args = list(current_args) if isinstance(current_args, list) else []
+    c.AtlasLabSpawner.args = current_args if dashboard_arg in current_args else [*current_args, dashboard_arg]
     c.AtlasLabSpawner.home_root = str(loaded.site.spawner.home_root)
     c.AtlasLabSpawner.dev_home_root = str(state.dev_homes)
     c.AtlasLabSpawner.default_url = loaded.site.spawner.default_url
@@ -128,6 +127,9 @@ def configure_spawner(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
     c.AtlasLabSpawner.disabled_server_extensions = disabled
     c.AtlasLabSpawner.course_server_extensions = COURSE_SERVER_EXTENSIONS
     c.AtlasLabSpawner.env_keep = ["PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH"]
+    c.AtlasLabSpawner.lab_settings_root = str(language.write_settings(state.root / "lab-settings"))
+    c.AtlasLabSpawner.tenant_languages = language.tenant_languages(loaded)
+    c.AtlasLabSpawner.default_language = language.default_language(loaded)
     c.AtlasLabSpawner.environment = {"ATLASLAB_SITE": loaded.site.site.name, "PATH": server_path()}
 
 
