@@ -263,11 +263,43 @@ def start_here(**overrides):
     return start(p)
 
 
-def cluster(**overrides):
+def cluster(scale: int | None = None, **overrides):
     """A Dask client for this server: the same one on every call in a kernel. ``overrides`` replace plan fields
-    (e.g. ``n_workers=1``) and apply only when a cluster is started, not to the one already running."""
+    (e.g. ``n_workers=1``) and apply only when a cluster is started, not to the one already running.
+
+    ``scale=N``: N workers beyond this server, from the site's Dask Gateway (see :func:`gateway_cluster`)."""
     global _client
+    if scale is not None:
+        return gateway_cluster(scale)
     if _client is not None and _client.status == "running":
         return _client
     _client = start_here(**overrides)
     return _client
+
+
+def gateway_options(env: Mapping[str, str]) -> dict[str, str] | None:
+    """The new cluster's options: this server's environment (the gateway checks it is the user's); None where no
+    gateway is configured (``DASK_GATEWAY__ADDRESS``, set in users' pods on Kubernetes when the chart runs one)."""
+    if not env.get("DASK_GATEWAY__ADDRESS"):
+        return None
+    return {"environment": env["ATLASLAB_ENVIRONMENT"]} if env.get("ATLASLAB_ENVIRONMENT") else {}
+
+
+def gateway_cluster(workers: int, environment: str | None = None):
+    """A client of a new Dask Gateway cluster of ``workers`` workers, each like this server's environment (or
+    ``environment``), counted against the user's budgets; it stops when the client closes or sits idle."""
+    options = gateway_options(os.environ)
+    if options is None:
+        raise RuntimeError(
+            "No Dask Gateway here (DASK_GATEWAY__ADDRESS is not set): scale-out runs on the site's Kubernetes"
+            " cluster only. atlaslab.compute.cluster() without scale= uses this server's own CPUs and GPUs."
+        )
+    from dask_gateway import Gateway
+
+    if environment:
+        options["environment"] = environment
+    # Address, proxy address and authentication come from dask's config, i.e. the DASK_GATEWAY__* variables.
+    gw = Gateway()
+    remote = gw.new_cluster(shutdown_on_close=True, **options)
+    remote.scale(workers)
+    return remote.get_client()

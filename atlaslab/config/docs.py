@@ -83,6 +83,14 @@ def helm_values_schema() -> dict[str, Any]:
             },
             "exchange": obj,
             "mlflow": obj,
+            "gateway": {
+                **obj,
+                "description": "Dask Gateway for users' clusters beyond one pod (docs/kubernetes.md).",
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "maxWorkersPerCluster": {"type": "integer", "minimum": 0},
+                },
+            },
             "global": obj,
         },
         "$defs": {**defs, "SiteConfig": site},

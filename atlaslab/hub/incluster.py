@@ -52,6 +52,8 @@ CHART_OWNED: dict[str, tuple[str, ...]] = {
 CHART_SERVICES = {"exchange": "atlaslab-exchange", "mlflow": "atlaslab-mlflow"}
 CHART_SERVICE_PORT = 8000
 TOKEN_ENV = {"exchange": "ATLASLAB_EXCHANGE_TOKEN", "mlflow": "ATLASLAB_MLFLOW_TOKEN"}
+# Dask Gateway's token: set only when the chart runs the gateway (the Secret's key is optional in the hub pod).
+GATEWAY_TOKEN_ENV = "ATLASLAB_GATEWAY_TOKEN"
 # Hub-side paths one machine hands to users' servers; in a pod they do not exist (the images carry the same
 # configuration, see images/).
 HUB_ONLY_ENV = ("PATH", "JUPYTER_CONFIG_PATH")
@@ -166,6 +168,18 @@ def configure_cluster(c: Config, loaded: LoadedConfig, cluster: Cluster, tokens:
     }
 
 
+def configure_gateway_service(c: Config, cluster: Cluster, token: str, env: dict[str, str]) -> None:
+    """Dask Gateway (the chart's ``gateway.enabled``, which generates its token): register it and tell users'
+    pods where it and its scheduler proxy (Traefik, ``ATLASLAB_GATEWAY_PROXY_ADDRESS``) are."""
+    if not token:
+        return
+    from atlaslab.compute.gateway import configure_hub
+
+    address = f"http://atlaslab-gateway.{cluster.namespace}.svc:{CHART_SERVICE_PORT}"
+    proxy = env.get("ATLASLAB_GATEWAY_PROXY_ADDRESS") or f"gateway://traefik.{cluster.namespace}.svc:8786"
+    configure_hub(c, token, address, proxy)
+
+
 def with_state_dir(loaded: LoadedConfig, state_dir: Path) -> LoadedConfig:
     """The site with its state on the hub's volume, whatever ``site.state_dir`` says for one machine."""
     site = loaded.site.model_copy(update={"site": loaded.site.site.model_copy(update={"state_dir": state_dir})})
@@ -200,5 +214,7 @@ def apply_in_hub_pod(c: Config, env: dict[str, str] | None = None) -> LoadedConf
     apply(c, loaded)
     restore(c, kept)
     tokens = {name: env.get(var, "") for name, var in TOKEN_ENV.items()}
-    configure_cluster(c, loaded, cluster_from_env(env), tokens)
+    cluster = cluster_from_env(env)
+    configure_cluster(c, loaded, cluster, tokens)
+    configure_gateway_service(c, cluster, env.get(GATEWAY_TOKEN_ENV, ""), env)
     return loaded

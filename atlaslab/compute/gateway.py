@@ -1,0 +1,507 @@
+"""Dask Gateway for AtlasLab: which environments a user's clusters may use, what each worker looks like, how many
+workers the user's budgets leave, and every worker counted in the usage ledger.
+
+Pure functions (in the manner of KubeSpawner's ``objects.py``, and of :mod:`atlaslab.hub.kube`) turn the site
+config, a user's hub groups and the ledger into the configuration dask-gateway-server's ``cluster_options``
+handler returns for one cluster. The handler runs server-side, as the user the hub vouched for, so nothing in it
+can be chosen by the user except the environment, and that only among the ones their groups allow. The backends
+that record workers in the ledger live in :mod:`atlaslab.compute.gateway_backends` (they import the server).
+
+Three places use this module:
+
+* the gateway pod: ``dask-gateway-server --config F`` with F calling :func:`configure_gateway` (and
+  ``dask-gateway-server kube-controller --config F`` with the same F);
+* the hub pod: :func:`configure_hub` registers the gateway as a JupyterHub service, lets users' tokens reach it and
+  tells users' pods where it is (``DASK_GATEWAY__ADDRESS``, read by :func:`atlaslab.compute.cluster`);
+* tests, which run a real dask-gateway-server on 127.0.0.1 with a local backend.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from traitlets.config import Config
+
+from atlaslab.compute import credits as credits_mod
+from atlaslab.compute.usage import UsageLedger
+from atlaslab.config import LoadedConfig
+from atlaslab.config.schema import Credits, Environment, Kubernetes
+from atlaslab.hub.kube import gpu_limits, scheduling, tenant_namespace
+from atlaslab.hub.membership import access_rules, allowed_environments, default_environments
+
+SERVICE_NAME = "dask-gateway"
+# A budget's remaining hours must pay every worker of a cluster for this long: a student with 1 GPU-hour left
+# gets at most 2 one-GPU workers, not 60 workers that would spend it in a minute and be stopped mid-computation.
+MIN_WORKER_HOURS = 0.5
+# Workers per cluster when no budget says less (GPU workers are bounded by the tenant's quota anyway).
+DEFAULT_MAX_WORKERS = 8
+SCHEDULER_CORES = 1
+SCHEDULER_MEMORY = 2 * 1024**3
+IDLE_TIMEOUT = 1800  # seconds: a forgotten cluster's workers stop counting against the budget
+ANNOTATION = "atlaslab.io/"
+# Where the gateway pod finds the site (the hub's ConfigMap) and the ledger (the hub's volume).
+SITE_DIR_ENV, STATE_DIR_ENV = "ATLASLAB_SITE_DIR", "ATLASLAB_STATE_DIR"
+# The hub pod's environment variable holding the gateway's API token (chart Secret atlaslab-service-tokens).
+TOKEN_ENV = "ATLASLAB_GATEWAY_TOKEN"
+
+
+class Refused(ValueError):
+    """A cluster the user may not have; dask-gateway-server answers its text to the client."""
+
+
+# ---- who, which environment, which worker -------------------------------------------------------------------
+
+
+def membership(groups: list[str]) -> tuple[str | None, list[str]]:
+    """The tenant and teams a user's usage is charged to, read from hub groups as the spawner does."""
+    tenants = sorted(g.split(":", 1)[1] for g in groups if g.startswith("tenant:") and g.count(":") == 1)
+    teams = sorted(g.split(":", 1)[1] for g in groups if g.startswith("team:"))
+    return (tenants[0] if tenants else None), teams
+
+
+def gpu_share(env: Environment) -> float:
+    """GPUs one worker of ``env`` counts for: whole GPUs, 1 for a MIG slice, 1/N for a seat on a shared GPU."""
+    gpu = env.gpu
+    if gpu is None:
+        return 0.0
+    if gpu.count:
+        return float(gpu.count)
+    if gpu.mig:
+        return 1.0
+    return 1.0 / float(gpu.shared or 1)
+
+
+def allowed_for(loaded: LoadedConfig, groups: list[str], admin: bool) -> list[str]:
+    """The environments a user's clusters may use: exactly those their servers may (same rules, same order)."""
+    return allowed_environments(
+        loaded.site.environments, access_rules(loaded), groups, admin=admin, fallback=default_environments(loaded)
+    )
+
+
+def forbidden(requested: str, allowed: list[str]) -> str:
+    """The spawn page's wording for an environment that is not the user's."""
+    listing = ", ".join(allowed) or "none"
+    return f"You may not start the environment '{requested}'. Environments open to you: {listing}."
+
+
+def worker_command(env: Environment, dask: str = "dask") -> list[str]:
+    """``dask cuda worker`` (one worker process per visible GPU, RMM and spilling) for GPU environments."""
+    return [dask, "cuda", "worker"] if env.gpu is not None else [dask, "worker"]
+
+
+def worker_config(key: str, env: Environment, kube: Kubernetes, dask: str = "dask") -> dict[str, Any]:
+    """The worker (and scheduler) part of a KubeClusterConfig for ``env``: the same image, limits, GPU resources,
+    node selector and tolerations as the environment's servers (:mod:`atlaslab.hub.kube`)."""
+    cores = float(env.cpu)
+    memory = int(env.memory)
+    limits = {name: str(n) for name, n in gpu_limits(env, kube).items()}
+    selector, tolerations = scheduling(key, env, kube)
+    environment = {"ATLASLAB_ENVIRONMENT": key}
+    if not limits:
+        # The NVIDIA container runtime would otherwise expose every GPU of the node to a CPU worker.
+        environment.update({"NVIDIA_VISIBLE_DEVICES": "none", "CUDA_VISIBLE_DEVICES": ""})
+    pod: dict[str, Any] = {}
+    if selector:
+        pod["nodeSelector"] = selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+    config: dict[str, Any] = {
+        "image": env.image or kube.default_image,
+        # Requests equal limits, unlike servers (a quarter): a worker is busy whenever it exists, and an evicted
+        # worker loses the data it holds.
+        "worker_cores": cores,
+        "worker_cores_limit": cores,
+        "worker_memory": memory,
+        "worker_memory_limit": memory,
+        "worker_threads": max(1, math.floor(cores)),
+        "worker_cmd": worker_command(env, dask),
+        "scheduler_cmd": [dask, "scheduler"],
+        "scheduler_cores": SCHEDULER_CORES,
+        "scheduler_memory": SCHEDULER_MEMORY,
+        "environment": environment,
+        "worker_extra_pod_config": pod,
+        # The scheduler never needs a GPU, even in a GPU environment's cluster.
+        "scheduler_extra_container_config": {"env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "none"}]},
+    }
+    if limits:
+        config["worker_extra_container_config"] = {"resources": {"limits": limits, "requests": dict(limits)}}
+    return config
+
+
+# ---- how many workers the budgets leave -----------------------------------------------------------------------
+
+
+def gpu_room(
+    ledger: UsageLedger, credits: Credits, user: str, tenant: str | None, teams: list[str], gpus: float
+) -> int | None:
+    """Workers of ``gpus`` GPUs each that may start beyond what runs now (servers and every cluster's workers, as
+    the ledger holds them) under the concurrent-GPU limits (``max_gpus``); None: no such limit applies."""
+    room: int | None = None
+    for scope, quota in credits_mod.quotas_for(credits, user, tenant, teams):
+        if gpus and quota.max_gpus is not None:
+            free = max(0, math.floor((quota.max_gpus - ledger.gpus_held(scope)) / gpus + 1e-9))
+            room = free if room is None else min(room, free)
+    return room
+
+
+def committed(ledger: UsageLedger, user: str) -> tuple[float, float]:
+    """GPUs and CPUs the user's running servers and workers hold now: they spend the same budgets."""
+    mine = [x for x in ledger.open_sessions() if x.user == user]
+    return sum(x.gpus for x in mine), sum(x.cpus for x in mine)
+
+
+def hours_room(
+    ledger: UsageLedger,
+    credits: Credits,
+    user: str,
+    tenant: str | None,
+    teams: list[str],
+    gpus: float,
+    cpus: float,
+    now: float,
+) -> int | None:
+    """New workers the budgets' remaining hours (before ``stop_at``) pay for :data:`MIN_WORKER_HOURS` each,
+    after paying as long for what the user already runs; None: no budget counts hours of this kind."""
+    room: int | None = None
+    held = dict(zip(("gpu", "cpu"), committed(ledger, user), strict=True))
+    for b in credits_mod.budgets(ledger, credits, user, tenant, teams, now):
+        per_worker = gpus if b.kind == "gpu" else cpus
+        if not per_worker:
+            continue
+        left = b.limit * credits.stop_at - b.used - held[b.kind] * MIN_WORKER_HOURS
+        fits = max(0, math.floor(left / (per_worker * MIN_WORKER_HOURS) + 1e-9))
+        room = fits if room is None else min(room, fits)
+    return room
+
+
+def worker_limit(
+    ledger: UsageLedger,
+    credits: Credits,
+    user: str,
+    tenant: str | None,
+    teams: list[str],
+    gpus: float,
+    cpus: float,
+    now: float,
+    cap: int = DEFAULT_MAX_WORKERS,
+    running: int = 0,
+) -> int:
+    """Most workers (``gpus`` GPUs and ``cpus`` cores each) a cluster of this user may have now, ``running`` of
+    which already run (and are in the ledger): the site's ``cap``, and what the concurrent-GPU limits and the
+    budgets' hours leave beyond everything the user runs."""
+    rooms = [
+        r
+        for r in (
+            gpu_room(ledger, credits, user, tenant, teams, gpus),
+            hours_room(ledger, credits, user, tenant, teams, gpus, cpus, now),
+        )
+        if r is not None
+    ]
+    return max(0, min(cap, running + min(rooms)) if rooms else cap)
+
+
+def refusal(
+    ledger: UsageLedger,
+    credits: Credits,
+    user: str,
+    tenant: str | None,
+    teams: list[str],
+    gpus: float,
+    cpus: float,
+    now: float,
+    cap: int = DEFAULT_MAX_WORKERS,
+) -> str | None:
+    """Why this user may not have a cluster of such workers now: the spawn page's reason, or, when the budget
+    has room for a server but not for one worker, the same words with how much a worker needs."""
+    why = credits_mod.spawn_refusal(ledger, credits, user, tenant, teams, gpus, now)
+    if why:
+        return why
+    if worker_limit(ledger, credits, user, tenant, teams, gpus, cpus, now, cap) >= 1:
+        return None
+    for b in credits_mod.budgets(ledger, credits, user, tenant, teams, now):
+        per_worker = gpus if b.kind == "gpu" else cpus
+        if per_worker and b.limit * credits.stop_at - b.used < per_worker * MIN_WORKER_HOURS:
+            what = "a CPU environment, or " if b.kind == "gpu" else ""
+            return (
+                f"No credit left in {b.describe()}: one Dask worker needs {per_worker * MIN_WORKER_HOURS:g}"
+                f" {credits_mod.KIND_LABEL[b.kind]}. Start {what}wait for the renewal, or ask for more."
+            )
+    return (
+        "Your budgets have no room for another Dask worker while your other servers and clusters run; stop one,"
+        " or start a CPU environment."
+    )
+
+
+def cluster_config(
+    loaded: LoadedConfig,
+    ledger: UsageLedger | None,
+    user: str,
+    groups: list[str],
+    admin: bool,
+    requested: str,
+    now: float,
+    *,
+    dask: str = "dask",
+    cap: int = DEFAULT_MAX_WORKERS,
+) -> dict[str, Any]:
+    """What one new cluster of ``user`` gets when they ask for environment ``requested``; :class:`Refused` if
+    the environment is not theirs or their budgets leave no worker."""
+    site = loaded.site
+    allowed = allowed_for(loaded, groups, admin)
+    if requested not in allowed:
+        raise Refused(forbidden(requested, allowed))
+    env = site.environments[requested]
+    tenant, teams = membership(groups)
+    gpus, cpus = gpu_share(env), float(env.cpu)
+    limit = cap
+    if ledger is not None:
+        why = refusal(ledger, site.credits, user, tenant, teams, gpus, cpus, now, cap)
+        if why:
+            raise Refused(why)
+        limit = worker_limit(ledger, site.credits, user, tenant, teams, gpus, cpus, now, cap)
+    config = worker_config(requested, env, site.kubernetes, dask)
+    kube = site.kubernetes
+    config["namespace"] = tenant_namespace(groups, kube.namespace_prefix, f"{kube.namespace_prefix}users")
+    config["cluster_max_workers"] = limit
+    # The gateway derives the worker count from these too (scheduler included): keep them consistent.
+    config["cluster_max_cores"] = SCHEDULER_CORES + limit * cpus
+    config["cluster_max_memory"] = SCHEDULER_MEMORY + limit * int(env.memory)
+    config["idle_timeout"] = IDLE_TIMEOUT
+    # Who pays, read back by the usage hook from the worker pod (KubeBackend) or the cluster config (local).
+    charge = {
+        "user": user,
+        "environment": requested,
+        "tenant": tenant or "",
+        "teams": ",".join(teams),
+        "gpus": f"{gpus:g}",
+        "cpus": f"{cpus:g}",
+    }
+    config["worker_extra_pod_annotations"] = {ANNOTATION + k: v for k, v in charge.items()}
+    config["environment"].update({f"ATLASLAB_CHARGE_{k.upper()}": v for k, v in charge.items()})
+    return config
+
+
+# ---- dask-gateway-server's cluster_options ----------------------------------------------------------------------
+
+
+class ClusterOptions:
+    """``c.Backend.cluster_options``: called with the authenticated user, it offers that user's environments and
+    returns the handler that turns their choice into the cluster's configuration."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        ledger: Callable[[], UsageLedger | None],
+        config_traits: set[str] | None = None,
+        dask: str = "dask",
+        cap: int = DEFAULT_MAX_WORKERS,
+        clock: Callable[[], float] = time.time,
+        whole_cores: bool = False,
+    ):
+        self.loaded, self.ledger, self.config_traits = loaded, ledger, config_traits
+        self.dask, self.cap, self.clock, self.whole_cores = dask, cap, clock, whole_cores
+
+    def __call__(self, user) -> Any:
+        from dask_gateway_server.options import Options, Select
+
+        groups, admin = list(user.groups or []), bool(user.admin)
+        allowed = allowed_for(self.loaded, groups, admin)
+        if not allowed:
+            raise Refused(
+                "No environment is open to your account yet. Ask your instructor or the site administrator to add"
+                " you to a course, team or tenant."
+            )
+        envs = self.loaded.site.environments
+        default = next((k for k in allowed if envs[k].default), allowed[0])
+
+        class EnvironmentField(Select):
+            def validate(self, x: object) -> str:
+                if not isinstance(x, str) or x not in self.options:
+                    raise Refused(forbidden(str(x), allowed))
+                return x
+
+        def handler(options: Mapping[str, Any], user) -> dict[str, Any]:
+            config = cluster_config(
+                self.loaded,
+                self.ledger(),
+                user.name,
+                list(user.groups or []),
+                bool(user.admin),
+                options["environment"],
+                self.clock(),
+                dask=self.dask,
+                cap=self.cap,
+            )
+            if self.config_traits is not None:
+                # A local backend's config has no Kubernetes fields (namespace, image, pod extras).
+                config = {k: v for k, v in config.items() if k in self.config_traits}
+            if self.whole_cores:
+                # The base ClusterConfig (local backends) counts cores in whole numbers.
+                config["worker_cores"] = math.ceil(config["worker_cores"])
+            return config
+
+        field = EnvironmentField("environment", [(k, k) for k in allowed], default=default, label="Environment")
+        return Options(field, handler=handler)
+
+
+# ---- usage --------------------------------------------------------------------------------------------------------
+
+
+def holder(user: str, cluster: str, worker: str) -> str:
+    """A worker's name in the ledger: under its user, like their servers (``user/server``)."""
+    return f"{user}/dask/{cluster}/{worker}"
+
+
+@dataclass(frozen=True)
+class Charge:
+    """Who a worker is charged to, as the options handler wrote it (server-side: the user cannot change it)."""
+
+    user: str
+    environment: str
+    tenant: str | None
+    teams: list[str]
+    gpus: float
+    cpus: float
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, str], prefix: str) -> Charge | None:
+        get = {k[len(prefix) :].lower(): v for k, v in values.items() if k.startswith(prefix)}
+        if not get.get("user"):
+            return None
+        return cls(
+            user=get["user"],
+            environment=get.get("environment", ""),
+            tenant=get.get("tenant") or None,
+            teams=[t for t in get.get("teams", "").split(",") if t],
+            gpus=float(get.get("gpus") or 0),
+            cpus=float(get.get("cpus") or 0),
+        )
+
+    @classmethod
+    def from_cluster_config(cls, config: Mapping[str, Any]) -> Charge | None:
+        return cls.from_values(dict(config.get("environment") or {}), "ATLASLAB_CHARGE_")
+
+    @classmethod
+    def from_pod(cls, pod: Mapping[str, Any]) -> Charge | None:
+        return cls.from_values(dict(pod.get("metadata", {}).get("annotations") or {}), ANNOTATION)
+
+
+class UsageRecorder:
+    """Opens a ledger session when a worker starts and closes it when it stops; the ledger is SQLite, so every
+    start and stop is on disk before the call returns."""
+
+    def __init__(self, ledger: UsageLedger):
+        self.ledger = ledger
+
+    def started(self, charge: Charge, cluster: str, worker: str) -> None:
+        scopes = credits_mod.scopes_of(charge.user, charge.tenant, charge.teams)
+        self.ledger.open(
+            holder(charge.user, cluster, worker), charge.user, charge.environment, charge.cpus, charge.gpus, scopes
+        )
+
+    def stopped(self, user: str, cluster: str, worker: str) -> None:
+        self.ledger.close(holder(user, cluster, worker))
+
+    def running(self, user: str, cluster: str) -> set[str]:
+        """Workers of ``cluster`` with an open session."""
+        prefix = holder(user, cluster, "")
+        return {s.holder[len(prefix) :] for s in self.ledger.open_sessions() if s.holder.startswith(prefix)}
+
+    def stop_cluster(self, user: str, cluster: str) -> None:
+        for worker in self.running(user, cluster):
+            self.stopped(user, cluster, worker)
+
+
+# ---- configuring the gateway server and the hub ----------------------------------------------------------------
+
+
+def ledger_path(state_dir: Path) -> Path:
+    return state_dir / "compute" / "usage.sqlite"
+
+
+def load_site(env: Mapping[str, str]) -> LoadedConfig:
+    """The site as the hub pod mounts it (``/etc/atlaslab``), materialised in a private directory."""
+    from atlaslab.config import load
+    from atlaslab.hub.incluster import DEFAULT_SITE_DIR, materialise
+
+    mounted = Path(env.get(SITE_DIR_ENV) or DEFAULT_SITE_DIR)
+    return load(materialise(mounted, Path(tempfile.mkdtemp(prefix="atlaslab-site-"))), check_secrets=False)
+
+
+def configure_gateway(
+    c: Config,
+    loaded: LoadedConfig | None = None,
+    env: Mapping[str, str] | None = None,
+    backend: str = "kube",
+) -> LoadedConfig:
+    """Everything ``dask-gateway-server --config`` needs, from the site config and the pod's environment.
+
+    ``backend``: ``kube`` (KubeBackend in the user's tenant's namespace, and the controller that counts worker
+    pods) or ``local`` (worker processes on this machine, for tests and single machines).
+    """
+    from atlaslab.hub.incluster import DEFAULT_STATE_DIR
+
+    env = dict(os.environ if env is None else env)
+    loaded = loaded or load_site(env)
+    state_dir = Path(env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+    db = ledger_path(state_dir)
+    cap = int(env.get("ATLASLAB_GATEWAY_MAX_WORKERS") or DEFAULT_MAX_WORKERS)
+
+    def ledger() -> UsageLedger | None:
+        return UsageLedger(db)
+
+    c.DaskGateway.authenticator_class = "dask_gateway_server.auth.JupyterHubAuthenticator"
+    # The token, API URL and service name come from the environment (JUPYTERHUB_*), set by the chart or the hub.
+    c.JupyterHubAuthenticator.jupyterhub_service_name = env.get("JUPYTERHUB_SERVICE_NAME", SERVICE_NAME)
+    if env.get("ATLASLAB_GATEWAY_ADDRESS"):
+        c.DaskGateway.address = env["ATLASLAB_GATEWAY_ADDRESS"]
+    if backend == "kube":
+        from dask_gateway_server.backends.kubernetes.backend import KubeClusterConfig
+
+        c.DaskGateway.backend_class = "atlaslab.compute.gateway_backends.AtlasLabKubeBackend"
+        traits = set(KubeClusterConfig.class_trait_names())
+        c.KubeBackend.cluster_options = ClusterOptions(loaded, ledger, traits, cap=cap)
+        c.KubeBackend.gateway_instance = env.get("DASK_GATEWAY_INSTANCE", "atlaslab")
+        c.KubeController.gateway_instance = env.get("DASK_GATEWAY_INSTANCE", "atlaslab")
+        c.KubeController.api_url = env.get("ATLASLAB_GATEWAY_API_URL", "")
+        c.KubeController.proxy_prefix = env.get("ATLASLAB_GATEWAY_PREFIX", f"/services/{SERVICE_NAME}")
+        c.KubeController.ledger_path = str(db)
+    else:
+        from dask_gateway_server.backends.local import LocalClusterConfig
+
+        c.DaskGateway.backend_class = "atlaslab.compute.gateway_backends.AtlasLabLocalBackend"
+        traits = set(LocalClusterConfig.class_trait_names())
+        dask = str(Path(sys.executable).with_name("dask"))
+        c.LocalBackend.cluster_options = ClusterOptions(loaded, ledger, traits, dask=dask, cap=cap, whole_cores=True)
+        c.LocalBackend.ledger_path = str(db)
+    return loaded
+
+
+def configure_hub(c: Config, token: str, address: str, proxy_address: str) -> None:
+    """The hub pod's side: the gateway as a JupyterHub service with ``token`` (from the chart's Secret), users'
+    tokens and their servers' allowed to reach it (dask-gateway checks that scope), and users' pods told where it
+    is: ``address`` (its API) and ``proxy_address`` (the TLS proxy in front of the schedulers).
+
+    No ``url``: the hub's proxy would forward ``/services/dask-gateway/...`` with that prefix, which the gateway's
+    API does not serve; users' pods reach the API at its Service instead."""
+    from atlaslab.hub import scopes
+
+    service = {"name": SERVICE_NAME, "api_token": token, "display": False}
+    c.JupyterHub.services = scopes.replace_named(c.JupyterHub.get("services"), [service], {SERVICE_NAME})
+    scopes.grant_users_access(c, SERVICE_NAME)
+    current = c.KubeSpawner.get("environment")
+    c.KubeSpawner.environment = {
+        **(current if isinstance(current, dict) else {}),
+        # dask-gateway's client configuration (dask config from the environment), and atlaslab.compute.cluster().
+        "DASK_GATEWAY__ADDRESS": address,
+        "DASK_GATEWAY__PROXY_ADDRESS": proxy_address,
+        "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+    }
