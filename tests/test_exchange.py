@@ -688,3 +688,32 @@ def test_a_course_formgrader_is_staff_of_its_own_course_only(wb, url):
     assert listed.status_code == 200 and {s["student"] for s in listed.json()["submissions"]} <= {"stud-1", "stud-2"}
     assert grader.get("courses/biology/submissions").status_code == 403
     assert grader.post("courses/algebra/assignments/ps1/submissions", good_tar("grader")).status_code == 403
+
+
+# ---- due dates -------------------------------------------------------------------------------------------------
+
+
+def test_a_release_carries_the_gradebooks_due_date_to_students(nbgrader, api):
+    """The instructor sets a due date in biology's gradebook; releasing with nbgrader's CLI hands it to students."""
+    root = nbgrader.home("teach-b") / "biology"
+    root.mkdir()
+    (root / "nbgrader_config.py").write_text(
+        f"c = get_config()\nc.CourseDirectory.course_id = 'biology'\nc.CourseDirectory.root = {str(root)!r}\n"
+    )
+    write_notebook(root / "source" / "lab2" / "lab2.ipynb")
+    nbgrader("teach-b", "db", "assignment", "add", "lab2", "--duedate=2031-06-30 23:59:00 Europe/Paris", cwd=root)
+    nbgrader("teach-b", "generate_assignment", "lab2", cwd=root)
+    r = nbgrader("teach-b", "release_assignment", "lab2", cwd=root)
+    assert "Released as: biology lab2" in r.stdout + r.stderr
+    records = {a["assignment"]: a for a in api["stud-b"].get("assignments", params={"course": "biology"}).json()[
+        "assignments"]}  # fmt: skip
+    # Paris is on summer time (UTC+2) in June: 21:59 UTC.
+    assert records["lab2"]["due"] == "2031-06-30T21:59:00.000000+00:00"
+    # lab1 was released by hand without a due date (test_courses_are_walled_off): none is made up.
+    assert records["lab1"]["due"] is None
+    r = nbgrader("stud-b", "list", "--course", "biology")
+    assert "biology lab2 (due 2031-06-30 21:59:00" in r.stdout + r.stderr
+    # A release with a due date that is no date is refused, and the release is unchanged.
+    bad = api["teach-b"].put("courses/biology/assignments/lab2", good_tar("x"), params={"force": "1", "due": "soon"})
+    assert bad.status_code == 400 and "bad due date" in bad.json()["error"]
+    assert api["stud-b"].get("courses/biology/assignments/lab2").json()["due"] == records["lab2"]["due"]

@@ -12,15 +12,18 @@ import subprocess
 import tarfile
 import tempfile
 import threading
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from harness import free_port
+from sqlalchemy import Column, MetaData, Table, UniqueConstraint, create_engine, text
 from traitlets.config import Config
 
 from atlaslab.config import parse
 from atlaslab.grading.exchange.archive import ArchiveError, Limits, pack, pack_files, read_files, scan, unpack
 from atlaslab.grading.exchange.store import (
+    Base,
     Conflict,
     DirectoryBlobStore,
     ExchangeStore,
@@ -208,6 +211,99 @@ def test_two_stores_on_one_database_keep_every_concurrent_submission(
     assert stores[0].unrelease("c", "ps1")["assignment"] == "ps1"
     with pytest.raises(NotFound):
         stores[1].submit("c", "ps1", "s0", sha256=sha, size=1, files=[])
+
+
+def _db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'exchange.sqlite'}"
+    url = request.getfixturevalue("postgres_url")
+    # The module's PostgreSQL server is shared: each test starts from an empty database.
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS feedback, submissions, assignments CASCADE"))
+    engine.dispose()
+    return url
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_release_keeps_its_due_date(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    store = ExchangeStore(_db_url(backend, tmp_path, request), DirectoryBlobStore(tmp_path / "blobs"))
+    store.create_schema()
+    data = pack_files({"ps1.ipynb": b"{}"})
+    sha = store.blobs.put(data)
+    # Given in Casablanca's summer time: stored and returned in UTC, to the microsecond.
+    due = datetime(2031, 3, 4, 23, 59, 30, 123456, tzinfo=timezone(timedelta(hours=1)))
+    record = store.release("c", "ps1", sha256=sha, size=len(data), files=_files(data), by="t", force=False, due=due)
+    assert record["due"] == "2031-03-04T22:59:30.123456+00:00"
+    store.release("c", "ps2", sha256=sha, size=len(data), files=_files(data), by="t", force=False)
+    listed = {a["assignment"]: a["due"] for a in store.assignments({"c"})}
+    assert listed == {"ps1": "2031-03-04T22:59:30.123456+00:00", "ps2": None}
+    assert datetime.fromisoformat(store.assignment("c", "ps1")["due"]) == due
+    # Releasing again replaces the due date with the gradebook's current one, none included.
+    store.release("c", "ps1", sha256=sha, size=len(data), files=_files(data), by="t", force=True)
+    assert store.assignment("c", "ps1")["due"] is None
+    later = datetime(2031, 4, 1, tzinfo=UTC)
+    store.release("c", "ps1", sha256=sha, size=len(data), files=_files(data), by="t", force=True, due=later)
+    assert store.assignment("c", "ps1")["due"] == "2031-04-01T00:00:00.000000+00:00"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_from_before_due_dates_opens_and_keeps_its_rows(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = _db_url(backend, tmp_path, request)
+    # The assignments table as the exchange created it before due dates existed, with a release in it.
+    old = MetaData()
+    columns = [
+        Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+        for c in Base.metadata.tables["assignments"].columns
+        if c.name != "due_at"
+    ]
+    Table("assignments", old, *columns, UniqueConstraint("course", "name", name="uq_assignment"))
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        old.create_all(conn)
+        conn.execute(
+            text(
+                "INSERT INTO assignments (course, name, sha256, size, files, released_by, released_at)"
+                " VALUES ('c', 'old', :sha, 3, :files, 'teach', :at)"
+            ),
+            {"sha": "a" * 64, "files": json.dumps([{"path": "old.ipynb", "size": 3, "sha256": "b" * 64}]),
+             "at": datetime(2024, 9, 1, 8, 0)},
+        )  # fmt: skip
+    engine.dispose()
+
+    stores = [ExchangeStore(url, DirectoryBlobStore(tmp_path / "blobs")) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def open_schema(store: ExchangeStore) -> None:
+        try:
+            store.create_schema()
+        except BaseException as e:
+            errors.append(e)
+
+    # Two instances upgrading the same database at once: one adds the column, the other finds it there.
+    threads = [threading.Thread(target=open_schema, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    [kept] = stores[0].assignments(None)
+    assert (kept["course"], kept["assignment"], kept["released_by"]) == ("c", "old", "teach")
+    assert kept["notebooks"] == ["old"]
+    assert kept["released_at"] == "2024-09-01T08:00:00.000000+00:00" and kept["due"] is None
+    data = pack_files({"ps1.ipynb": b"{}"})
+    sha = stores[1].blobs.put(data)
+    due = datetime(2031, 1, 2, 3, 4, tzinfo=UTC)
+    stores[1].release("c", "new", sha256=sha, size=len(data), files=_files(data), by="t", force=False, due=due)
+    assert {a["assignment"]: a["due"] for a in stores[0].assignments({"c"})} == {
+        "new": "2031-01-02T03:04:00.000000+00:00",
+        "old": None,
+    }
+    # Opening it again changes nothing.
+    stores[0].create_schema()
+    assert len(stores[1].assignments(None)) == 2
 
 
 @pytest.fixture(scope="module")

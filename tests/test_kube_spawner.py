@@ -3,6 +3,9 @@ OpenAPI schema accepts, with the right GPU/MIG limits, selectors, tolerations, n
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from kube_support import hub_user, offline_kubeconfig, pod_for
 from kubespawner import KubeSpawner
@@ -125,3 +128,38 @@ def test_a_gpu_server_over_the_tenants_quota_is_refused_with_the_reason() -> Non
     assert message and "no nvidia.com/mig-1g.10gb in its quota" in message
     # Resources the quota does not cover are Kubernetes' business.
     assert kube.quota_refusal("rnd", hard, used, {"example.com/fpga": "1"}) is None
+
+
+async def test_each_users_pod_and_image_default_to_their_tenants_language(tmp_path, monkeypatch) -> None:
+    """site.languages / tenants.X.language reach the pod (ATLASLAB_LANGUAGE), and the image's server config turns
+    that into the settings directory whose overrides make it JupyterLab's default language."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from atlaslab.hub import imageconfig
+
+    offline_kubeconfig(tmp_path, monkeypatch)
+    site = (
+        SITE.replace("STATE", str(tmp_path / "state"))
+        .replace("site: {state_dir:", "site: {languages: [ar, fr, en], state_dir:")
+        .replace("campus: {title: Campus,", "campus: {title: Campus, language: fr,")
+    )
+    c = apply_mod.apply(Config(), parse(site))
+    languages = {}
+    for who in (user("karim", ["tenant:campus"]), user("rana", ["tenant:rnd"]), user("nobody", [])):
+        pod, _ = await pod_for(c, who, "cpu-small")
+        languages[who.name] = env_of(pod)["ATLASLAB_LANGUAGE"]
+    # campus says French; R&D and users in no tenant get the site's first language.
+    assert languages == {"karim": "fr", "rana": "ar", "nobody": "ar"}
+    # What the user image carries (python -m atlaslab.hub.imageconfig PREFIX/etc/jupyter), read as Jupyter reads it.
+    etc = tmp_path / "etc" / "jupyter"
+    imageconfig.write(etc)
+    for lang, locale in (("fr", "fr_FR"), ("ar", "ar_SA"), ("en", "en"), ("", None), ("../../etc", None)):
+        monkeypatch.setenv("ATLASLAB_LANGUAGE", lang)
+        loaded = PyFileConfigLoader("jupyter_server_config.py", path=str(etc)).load_config()
+        if locale is None:
+            assert "app_settings_dir" not in loaded.LabApp, lang
+            continue
+        settings = Path(loaded.LabApp.app_settings_dir)
+        assert settings == etc / "lab-settings" / lang
+        overrides = json.loads((settings / "overrides.json").read_text())
+        assert overrides == {"@jupyterlab/translation-extension:plugin": {"locale": locale}}

@@ -76,11 +76,8 @@ def test_idle_time_left_from_the_hubs_last_activity() -> None:
 
 
 def test_courses_from_hub_groups() -> None:
-    groups = ["course:darija-nlp:students", "course:gpu-mlops:instructors", "course:gpu-mlops:graders", "lab"]
-    assert sources.courses({"groups": groups}) == [
-        {"id": "darija-nlp", "roles": ["students"], "due": []},
-        {"id": "gpu-mlops", "roles": ["graders", "instructors"], "due": []},
-    ]
+    groups = ["course:darija-nlp:students", "course:gpu-mlops:instructors", "course:gpu-mlops:tas", "lab"]
+    assert sources.course_roles({"groups": groups}) == {"darija-nlp": ["students"], "gpu-mlops": ["instructors", "tas"]}
 
 
 def test_typescript_unit_tests() -> None:

@@ -543,6 +543,15 @@ def _cross_check(loaded: LoadedConfig, check_secrets: bool) -> tuple[list[tuple[
     for tid, tenant in site.tenants.items():
         for i, env in enumerate(tenant.environments):
             ref(("tenants", tid, "environments", i), env, envs, "environments")
+        if tenant.language and tenant.language not in site.site.languages:
+            offered = ", ".join(site.site.languages) or "none"
+            problems.append(
+                (
+                    ("tenants", tid, "language"),
+                    f"language '{tenant.language}' is not offered by the site (site.languages: {offered});"
+                    f" add it to site.languages or use one of them",
+                )
+            )
     for section, items in (("courses", site.courses), ("teams", site.teams)):
         for cid, item in items.items():
             ref((section, cid, "tenant"), item.tenant, tenants, "tenants")

@@ -86,7 +86,10 @@ class Site(Model):
         " uses the password generated into STATE_DIR/secrets/initial-admin-password.",
     )
     languages: list[Literal["en", "fr", "ar"]] = Field(
-        default_factory=lambda: ["en"], description="JupyterLab languages offered; the first is the default."
+        default_factory=lambda: ["en"],
+        min_length=1,
+        description="JupyterLab languages offered; the first is the default language of users whose tenant sets"
+        " none. A user's own choice in Settings > Language wins.",
     )
 
     @field_validator("base_url")
@@ -295,7 +298,11 @@ class Tenant(Model):
         default_factory=list,
         description="Tenant administrators: may see, start and stop the servers of this tenant's users only.",
     )
-    language: Literal["en", "fr", "ar"] | None = Field(None, description="Default JupyterLab language.")
+    language: Literal["en", "fr", "ar"] | None = Field(
+        None,
+        description="Default JupyterLab language of this tenant's users, one of site.languages (empty: the site's"
+        " first). A user's own choice in Settings > Language wins.",
+    )
 
 
 class Course(Model):

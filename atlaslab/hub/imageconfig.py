@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import language
 from .apply import STUDENT_DISABLED_EXTENSIONS
 from .grading import client_config
 
@@ -27,6 +28,9 @@ def write(directory: Path) -> None:
     conf_d.mkdir(exist_ok=True)
     # Sorted after the packages' own files (nbgrader.json enables them), so this one wins.
     (conf_d / "zz-atlaslab.json").write_text(json.dumps(server_config(), indent=2) + "\n")
+    # The default JupyterLab language of each user, which KubeSpawner hands over in ATLASLAB_LANGUAGE.
+    language.write_settings(directory / "lab-settings")
+    (directory / "jupyter_server_config.py").write_text(language.IMAGE_CONFIG)
 
 
 if __name__ == "__main__":

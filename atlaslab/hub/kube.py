@@ -17,6 +17,7 @@ from traitlets.config import Config
 from atlaslab.config import LoadedConfig
 from atlaslab.config.schema import Environment, Kubernetes
 
+from .language import UserLanguage, default_language, tenant_languages
 from .membership import access_rules, allowed_environments, default_environments
 
 # Guarantees (requests) are this fraction of the limits: a class's idle servers do not reserve whole nodes.
@@ -189,5 +190,11 @@ def configure_kubernetes(c: Config, loaded: LoadedConfig) -> None:
     c.KubeSpawner.allow_privilege_escalation = False
     c.KubeSpawner.uid = 1000
     c.KubeSpawner.fs_gid = 100
+    # The user's default JupyterLab language, which the image's server config turns into LabApp.app_settings_dir.
+    current = c.KubeSpawner.get("environment")
+    c.KubeSpawner.environment = {
+        **(current if isinstance(current, dict) else {}),
+        "ATLASLAB_LANGUAGE": UserLanguage(tenant_languages(loaded), default_language(loaded)),
+    }
     c.KubeSpawner.start_timeout = loaded.site.limits.start_timeout
     c.KubeSpawner.http_timeout = loaded.site.limits.start_timeout

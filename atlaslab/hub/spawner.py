@@ -31,7 +31,7 @@ from atlaslab.compute.allocation import GpuAllocator, NoGpuFree, Request
 from atlaslab.compute.usage import UsageLedger
 from atlaslab.config.units import format_size
 
-from . import accounts, limits
+from . import accounts, language, limits
 from .membership import allowed_environments
 
 SINGLEUSER = str(Path(sys.executable).with_name("jupyterhub-singleuser"))
@@ -72,6 +72,14 @@ class AtlasLabSpawner(LocalProcessSpawner):
     compute_dir = Unicode(
         help="Where GPU assignments (gpus.sqlite) and the usage ledger (usage.sqlite) live; empty: not kept."
     ).tag(config=True)
+    lab_settings_root = Unicode(
+        help="Directory of JupyterLab settings directories, one per language (atlaslab/hub/language.py); empty: the"
+        " server's own language default."
+    ).tag(config=True)
+    tenant_languages = Dict(help="Tenant -> default JupyterLab language of its users (en, fr, ar).").tag(config=True)
+    default_language = Unicode("en", help="Default JupyterLab language of users whose tenant sets none.").tag(
+        config=True
+    )
     credits = Any(None, allow_none=True, help="The site's `credits` section (atlaslab.config.schema.Credits).").tag(
         config=True
     )
@@ -412,6 +420,12 @@ class AtlasLabSpawner(LocalProcessSpawner):
         args.append("--ServerApp.jpserver_extensions=atlaslab.workbench=True")
         # Kernel websockets with TCP_NODELAY: without it every cell's reply waits ~40 ms on delayed ACKs.
         args.append("--ServerApp.kernel_websocket_connection_class=atlaslab.hub.singleuser.NoDelayKernelConnection")
+        if self.lab_settings_root:
+            # The tenant's language as JupyterLab's default; the user's own choice in their settings still wins.
+            lang = language.language_for(
+                [g.name for g in self.user.groups], self.tenant_languages, self.default_language
+            )
+            args.append(f"--LabApp.app_settings_dir={os.path.join(self.lab_settings_root, lang)}")
         return args
 
     def make_preexec_fn(self, name: str):

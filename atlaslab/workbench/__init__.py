@@ -9,7 +9,8 @@ as an error in the panel and the others still show. The panel's French and Arabi
     GET  {base}atlaslab/api/workbench/credits       budgets and notices from the hub's credits service
     GET  {base}atlaslab/api/workbench/runs          the latest MLflow runs the user can see, with UI links
     GET  {base}atlaslab/api/workbench/idle          seconds left before the idle cull (hub last activity)
-    GET  {base}atlaslab/api/workbench/courses       the user's courses (hub groups course:ID:ROLE)
+    GET  {base}atlaslab/api/workbench/courses       the user's courses (hub groups course:ID:ROLE) with their next
+                                                    due dates and missed ones (the exchange's released assignments)
     GET  {base}atlaslab/api/workbench/dask          the server's Dask cluster, if started
     POST {base}atlaslab/api/workbench/dask          {"action": "start" | "stop"}
 """

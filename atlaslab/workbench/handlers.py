@@ -71,10 +71,14 @@ class IdleHandler(_Base):
 
 
 class CoursesHandler(_Base):
+    """The user's courses (hub groups) with their next due dates (the exchange); an exchange that cannot answer
+    leaves the courses listed with its reason in ``error``."""
+
     @web.authenticated
     async def get(self) -> None:
+        env = dict(os.environ)
         try:
-            self.reply({"courses": sources.courses(await sources.hub_user(dict(os.environ)))})
+            self.reply(await sources.courses(await sources.hub_user(env), env))
         except sources.Unavailable as e:
             self.unavailable(e)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -134,11 +135,78 @@ def idle(model: Mapping, env: Mapping[str, str], now: datetime | None = None) ->
     return {"idle_cull_after": after, "last_activity": last.isoformat(), "left": left}
 
 
-def courses(model: Mapping) -> list[dict]:
-    """The user's courses, from hub groups ``course:ID:ROLE`` (students, graders, instructors)."""
+def course_roles(model: Mapping) -> dict[str, list[str]]:
+    """The user's courses and their roles in each, from hub groups ``course:ID:ROLE`` (students, instructors, tas)."""
     found: dict[str, set[str]] = {}
     for group in model.get("groups") or []:
         parts = group.split(":")
         if len(parts) == 3 and parts[0] == "course" and parts[1]:
             found.setdefault(parts[1], set()).add(parts[2])
-    return [{"id": course, "roles": sorted(roles), "due": []} for course, roles in sorted(found.items())]
+    return {course: sorted(roles) for course, roles in sorted(found.items())}
+
+
+async def exchange_assignments(env: Mapping[str, str]) -> tuple[list[dict], list[dict]]:
+    """The assignments released in the user's courses and the user's own submissions, from the exchange.
+
+    Asked with the server's own token, so the exchange answers as for the user (a student sees their courses'
+    releases and only their own submissions); the gradebooks with the due dates are on the instructors' side.
+    """
+    url, token = env.get("ATLASLAB_EXCHANGE_URL"), env.get("JUPYTERHUB_API_TOKEN")
+    if not url or not token:
+        raise Unavailable("due dates are not available on this server (no exchange configured)")
+    base = url.rstrip("/") + "/api/v1/"
+    headers = {"Authorization": f"token {token}"}
+    try:
+        async with httpx.AsyncClient(timeout=10, headers=headers) as client:
+            released, submitted = await asyncio.gather(
+                client.get(base + "assignments"), client.get(base + "submissions")
+            )
+    except httpx.HTTPError as e:
+        raise Unavailable(f"the exchange did not answer ({type(e).__name__}: {e})") from None
+    for r in (released, submitted):
+        if r.status_code != 200:
+            raise Unavailable(f"the exchange answered {r.status_code}: {r.text[:200]}")
+    try:
+        return released.json()["assignments"], submitted.json()["submissions"]
+    except (ValueError, KeyError):
+        raise Unavailable(f"the exchange answered something unexpected: {released.text[:200]}") from None
+
+
+def due_dates(
+    roles: Mapping[str, list[str]],
+    released: list[dict],
+    submitted: list[dict],
+    now: datetime,
+    per_course: int = 3,
+) -> dict[str, dict[str, list[dict]]]:
+    """Per course: the next due dates (future ones, soonest first, ``per_course`` of them) and, for a student,
+    the assignments past due that they never submitted (latest due first)."""
+    done = {(s["course"], s["assignment"]) for s in submitted}
+    out: dict[str, dict[str, list[dict]]] = {c: {"due": [], "overdue": []} for c in roles}
+    for a in released:
+        course, due = a.get("course"), _parse_time(a.get("due"))
+        if course not in out or due is None:
+            continue
+        item = {"name": a["assignment"], "due": due.isoformat(), "submitted": (course, a["assignment"]) in done}
+        if due > now:
+            out[course]["due"].append(item)
+        elif "students" in roles[course] and not item["submitted"]:
+            out[course]["overdue"].append(item)
+    for lists in out.values():
+        lists["due"] = sorted(lists["due"], key=lambda i: (i["due"], i["name"]))[:per_course]
+        lists["overdue"] = sorted(lists["overdue"], key=lambda i: (i["due"], i["name"]), reverse=True)[:per_course]
+    return out
+
+
+async def courses(model: Mapping, env: Mapping[str, str], now: datetime | None = None) -> dict:
+    """The user's courses with their next due dates; when the exchange cannot tell, the courses and the reason."""
+    roles = course_roles(model)
+    listed = [{"id": course, "roles": r, "due": [], "overdue": []} for course, r in roles.items()]
+    if not listed:
+        return {"courses": []}
+    try:
+        released, submitted = await exchange_assignments(env)
+    except Unavailable as e:
+        return {"courses": listed, "error": str(e)}
+    dates = due_dates(roles, released, submitted, now or datetime.now(UTC))
+    return {"courses": [{**c, **dates[c["id"]]} for c in listed]}

@@ -6,12 +6,16 @@ request: staff of course C (members of ``course:C:instructors`` or ``course:C:ta
 formgrader service) release, unrelease, list, download and give feedback in C; students of C
 (``course:C:students``) fetch C's released assignments, submit, and see only their own submissions and feedback.
 
+A released assignment's record has ``due``: its due date (ISO 8601, UTC) as the instructor's gradebook had it
+when they released it, or null.
+
 JSON everywhere, except payloads: assignments, submissions and feedback travel as tar.gz bodies.
 
 =======  ==================================================================  =========================================
 GET      api/v1/whoami                                                       who the token is, and their courses
 GET      api/v1/assignments[?course=C][&assignment=A]                        released assignments the caller may fetch
-PUT      api/v1/courses/C/assignments/A[?force=1]                            release (staff; body: tar.gz)
+PUT      api/v1/courses/C/assignments/A[?force=1][&due=ISO8601]              release (staff; body: tar.gz; due: the
+                                                                             due date, UTC when it names no offset)
 DELETE   api/v1/courses/C/assignments/A                                      unrelease (staff)
 GET      api/v1/courses/C/assignments/A                                      a released assignment's record
 GET      api/v1/courses/C/assignments/A/archive                              its files (tar.gz)
@@ -37,6 +41,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from jupyterhub.services.auth import HubAuth
@@ -292,8 +297,20 @@ class AssignmentHandler(UploadHandler):
         self.require_member(self.ident(course, "course"))
         self.reply(await self.run(self.ctx.store.assignment, course, self.ident(assignment, "assignment")))
 
+    def due_argument(self) -> datetime | None:
+        value = self.get_query_argument("due", "")
+        if not value:
+            return None
+        try:
+            due = datetime.fromisoformat(value)
+        except ValueError:
+            raise ApiError(400, f"bad due date {value[:64]!r}: give an ISO 8601 date and time") from None
+        # nbgrader's gradebook keeps naive UTC: a date without an offset is read the same way.
+        return due if due.tzinfo else due.replace(tzinfo=UTC)
+
     async def put(self, course: str, assignment: str) -> None:
         upload, files = await self.checked_upload()
+        due = self.due_argument()
         sha = await self.run(self.ctx.store.blobs.commit, upload)
         force = self.get_query_argument("force", "").lower() in TRUE
         record = await self.run(
@@ -305,6 +322,7 @@ class AssignmentHandler(UploadHandler):
             files=files,
             by=self.caller.name,
             force=force,
+            due=due,
         )
         log.info("%s released %s/%s (%s, %d bytes)", self.caller.name, course, assignment, sha[:12], upload.size)
         self.reply(record, 201)

@@ -1,6 +1,7 @@
 """Where the exchange keeps things: metadata in SQL, file contents in a content-addressed blob store.
 
-Metadata (SQLAlchemy 2, SQLite by default, PostgreSQL through its URL): released assignments, every submission
+Metadata (SQLAlchemy 2, SQLite by default, PostgreSQL through its URL): released assignments (with their due
+date, from the instructor's gradebook at release time), every submission
 (never overwritten: who, when, SHA-256 and size of the archive, and of each file in it) and the feedback
 released for a submission. Contents: blobs named by their SHA-256, written to a temporary file and renamed
 into place, so a reader never sees half a blob and two writers of the same content write the same file.
@@ -41,6 +42,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -290,6 +292,12 @@ class Assignment(Base):
     files: Mapped[list] = mapped_column(JSON)
     released_by: Mapped[str] = mapped_column(String(255))
     released_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Added after the first releases: create_schema adds it to databases made before it (NULL: no due date).
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+# Columns added to existing tables since their creation: (table, column) in the order they were added.
+ADDED_COLUMNS = [("assignments", "due_at")]
 
 
 class Submission(Base):
@@ -368,13 +376,15 @@ class ExchangeStore:
         self._writer = sessionmaker(self.engine.execution_options(atlaslab_write=True))
 
     def create_schema(self) -> None:
-        """Create missing tables; safe when several instances start at once."""
+        """Create missing tables and add missing columns; safe when several instances start at once."""
         for attempt in range(5):
             try:
                 with self.engine.execution_options(atlaslab_write=True).begin() as conn:
                     Base.metadata.create_all(conn)
+                    _add_missing_columns(conn)
                 return
             except (OperationalError, ProgrammingError, IntegrityError):
+                # Another instance created the same table or added the same column first: look again.
                 if attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
@@ -397,8 +407,19 @@ class ExchangeStore:
     # ---- assignments -----------------------------------------------------------------------------------------
 
     def release(
-        self, course: str, name: str, *, sha256: str, size: int, files: list[dict], by: str, force: bool
+        self,
+        course: str,
+        name: str,
+        *,
+        sha256: str,
+        size: int,
+        files: list[dict],
+        by: str,
+        force: bool,
+        due: datetime | None = None,
     ) -> dict:
+        """Record a release; ``due`` (aware) is the assignment's due date, None when its gradebook has none."""
+
         def write(session: Session) -> dict:
             row = _find_assignment(session, course, name)
             if row is not None and not force:
@@ -407,7 +428,7 @@ class ExchangeStore:
                 row = Assignment(course=course, name=name)
                 session.add(row)
             row.sha256, row.size, row.files = sha256, size, files
-            row.released_by, row.released_at = by, utcnow()
+            row.released_by, row.released_at, row.due_at = by, utcnow(), due
             session.flush()
             return _assignment(row)
 
@@ -554,6 +575,20 @@ class ExchangeStore:
         return self._write(write)
 
 
+def _add_missing_columns(conn: Any) -> None:
+    """Add the columns of ADDED_COLUMNS that a database made by an older exchange lacks (nullable, so every
+    stored row keeps its values and reads as "not set" in the new column)."""
+    inspector = inspect(conn)
+    for table_name, column_name in ADDED_COLUMNS:
+        present = {c["name"] for c in inspector.get_columns(table_name)}
+        if column_name in present:
+            continue
+        column = Base.metadata.tables[table_name].columns[column_name]
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {column_name} {kind}")
+        log.info("added column %s.%s to the exchange's database", table_name, column_name)
+
+
 def _find_assignment(session: Session, course: str, name: str) -> Assignment | None:
     return session.scalars(select(Assignment).where(Assignment.course == course, Assignment.name == name)).first()
 
@@ -568,6 +603,7 @@ def _assignment(row: Assignment) -> dict:
         "files": row.files,
         "released_by": row.released_by,
         "released_at": iso(row.released_at),
+        "due": iso(row.due_at) if row.due_at is not None else None,
     }
 
 

@@ -67,10 +67,26 @@ export interface IDask {
   workers?: number;
 }
 
+/** An assignment released through the exchange, with its due date (ISO 8601, UTC). */
+export interface IDue {
+  name: string;
+  due: string;
+  submitted: boolean;
+}
+
 export interface ICourse {
   id: string;
   roles: string[];
-  due: { name: string; due: string }[];
+  /** The next due dates, soonest first. */
+  due: IDue[];
+  /** Past due and not submitted (students only), latest first. */
+  overdue: IDue[];
+}
+
+/** The courses always come from the hub; `error` says why due dates are missing (the exchange did not answer). */
+export interface ICourses {
+  courses: ICourse[];
+  error?: string;
 }
 
 /** Calls the workbench API of this server (atlaslab/workbench); never throws: errors come back as results. */

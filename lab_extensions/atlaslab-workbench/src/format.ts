@@ -64,6 +64,22 @@ export function formatDate(value: string | number, locale: string): string {
   return new Intl.DateTimeFormat(bcp47(locale), { dateStyle: 'medium', timeStyle: 'short' }).format(date);
 }
 
+/** A due date in the user's locale, with the weekday (students plan by the day of the week). */
+export function formatDue(value: string, locale: string): string {
+  const date = new Date(value);
+  if (isNaN(date.getTime())) {
+    return String(value);
+  }
+  return new Intl.DateTimeFormat(bcp47(locale), {
+    weekday: 'short',
+    day: 'numeric',
+    month: 'short',
+    year: 'numeric',
+    hour: '2-digit',
+    minute: '2-digit'
+  }).format(date);
+}
+
 /** The error text of a failed API answer: its JSON {"error"} or {"message"}, else the status. */
 export function errorText(status: number, body: string): string {
   try {

@@ -39,6 +39,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
         } else {
           app.shell.activateById(panel.id);
         }
+        // Run from the command palette, which gives the focus back to the main area once the command is done:
+        // move it to the panel after that, so a keyboard user lands in what they opened.
+        window.setTimeout(() => panel.focusIn(), 0);
       }
     });
     palette?.addItem({ command: OPEN, category: 'AtlasLab' });

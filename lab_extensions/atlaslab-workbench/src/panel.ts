@@ -1,13 +1,15 @@
 import { ServerConnection } from '@jupyterlab/services';
 import { ITranslator, TranslationBundle } from '@jupyterlab/translation';
+import type { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
-import { ICourse, ICredits, IDask, IEnvironment, IIdle, IRun, Result, request } from './api';
+import { ICourses, ICredits, IDask, IDue, IEnvironment, IIdle, IRun, Result, request } from './api';
 import {
   bcp47,
   direction,
   formatBytes,
   formatDate,
+  formatDue,
   formatNumber,
   splitDuration,
   usedFraction
@@ -15,6 +17,9 @@ import {
 
 /** The translation domain of the panel's strings (atlaslab/workbench/locale/*\/LC_MESSAGES). */
 export const DOMAIN = 'atlaslab_workbench';
+
+/** The attribute naming a control across re-renders, so keyboard focus stays on it when its section is redrawn. */
+const FOCUS_KEY = 'data-focus-key';
 
 /** How often the panel refreshes while visible (live GPU use, time before cull). */
 const REFRESH_MS = 15000;
@@ -50,6 +55,7 @@ export class WorkbenchPanel extends Widget {
   private bodies = new Map<Section, HTMLElement>();
   private daskButton: HTMLButtonElement;
   private dask: IDask = { running: false };
+  private daskBusy = false;
   private timer: number | undefined;
 
   constructor(
@@ -67,8 +73,14 @@ export class WorkbenchPanel extends Widget {
     this.node.setAttribute('lang', this.locale);
     this.node.setAttribute('role', 'region');
     this.node.setAttribute('aria-label', trans.__('AtlasLab workbench'));
+    // Focusable by script only: opening the panel from the command palette moves the keyboard into it.
+    this.node.tabIndex = -1;
 
-    const refresh = el('button', { class: 'jp-AtlasLabWorkbench-refresh jp-mod-styled', type: 'button' });
+    const refresh = el('button', {
+      class: 'jp-AtlasLabWorkbench-refresh jp-mod-styled',
+      type: 'button',
+      [FOCUS_KEY]: 'refresh'
+    });
     refresh.textContent = trans.__('Refresh');
     refresh.addEventListener('click', () => void this.refresh());
     const header = el('div', { class: 'jp-AtlasLabWorkbench-header' }, el('h2', {}, trans.__('Workbench')), refresh);
@@ -76,7 +88,8 @@ export class WorkbenchPanel extends Widget {
 
     this.daskButton = el('button', {
       class: 'jp-AtlasLabWorkbench-daskButton jp-mod-styled jp-mod-accept',
-      type: 'button'
+      type: 'button',
+      [FOCUS_KEY]: 'dask'
     });
     this.daskButton.addEventListener('click', () => void this.toggleDask());
 
@@ -99,6 +112,19 @@ export class WorkbenchPanel extends Widget {
       );
       this.bodies.set(key, body);
       this.node.append(section);
+    }
+  }
+
+  /** Activated (its sidebar tab, the command palette): the keyboard follows, unless focus is already inside. */
+  protected onActivateRequest(msg: Message): void {
+    super.onActivateRequest(msg);
+    this.focusIn();
+  }
+
+  /** Moves the keyboard focus to the panel (Tab then reaches its controls in order). */
+  focusIn(): void {
+    if (this.isAttached && this.isVisible && !this.node.contains(document.activeElement)) {
+      this.node.focus();
     }
   }
 
@@ -132,21 +158,34 @@ export class WorkbenchPanel extends Widget {
       request<IIdle>('idle', {}, s),
       request<{ runs: IRun[] }>('runs', {}, s),
       request<IDask>('dask', {}, s),
-      request<{ courses: ICourse[] }>('courses', {}, s)
+      request<ICourses>('courses', {}, s)
     ]);
     this.fill('environment', env, data => this.renderEnvironment(data));
     this.fill('credits', credits, data => this.renderCredits(data, idle));
     this.fill('runs', runs, data => this.renderRuns(data.runs));
-    this.fill('dask', dask, data => this.renderDask(data));
-    this.fill('courses', courses, data => this.renderCourses(data.courses));
+    if (!this.daskBusy) {
+      // A start or stop in flight answers for itself (toggleDask); this refresh would show the state before it.
+      this.fill('dask', dask, data => this.renderDask(data));
+    }
+    this.fill('courses', courses, data => this.renderCourses(data));
   }
 
   private fill<T>(section: Section, result: Result<T>, render: (data: T) => Node[]): void {
     const body = this.bodies.get(section)!;
+    // Redrawing a section would drop the keyboard focus of whoever is on one of its controls (every refresh):
+    // put it back on the control with the same key.
+    const active = document.activeElement;
+    const key = active && body.contains(active) ? active.getAttribute(FOCUS_KEY) : null;
     if (result.ok) {
       body.replaceChildren(...render(result.data));
     } else {
       body.replaceChildren(this.error(result.error));
+    }
+    if (key !== null) {
+      const again = Array.from(body.querySelectorAll<HTMLElement>(`[${FOCUS_KEY}]`)).find(
+        n => n.getAttribute(FOCUS_KEY) === key
+      );
+      again?.focus();
     }
   }
 
@@ -264,7 +303,11 @@ export class WorkbenchPanel extends Widget {
     }
     const list = el('ul', { class: 'jp-AtlasLabWorkbench-runs' });
     for (const run of runs) {
-      const link = el('a', { href: run.link, target: '_blank', rel: 'noopener' }, run.name || run.run_id);
+      const link = el(
+        'a',
+        { href: run.link, target: '_blank', rel: 'noopener', [FOCUS_KEY]: `run-${run.run_id}` },
+        run.name || run.run_id
+      );
       link.setAttribute('aria-label', trans.__('Open run %1 in MLflow', run.name || run.run_id));
       const metrics = Object.entries(run.metrics)
         .slice(0, 3)
@@ -286,7 +329,7 @@ export class WorkbenchPanel extends Widget {
   private renderDask(data: IDask): Node[] {
     const trans = this.trans;
     this.dask = data;
-    this.daskButton.disabled = false;
+    this.daskButton.removeAttribute('aria-disabled');
     this.daskButton.removeAttribute('aria-busy');
     this.daskButton.textContent = data.running ? trans.__('Stop the Dask cluster') : trans.__('Start a Dask cluster');
     const out: Node[] = [this.daskButton];
@@ -300,7 +343,17 @@ export class WorkbenchPanel extends Widget {
       );
       if (data.dashboard) {
         out.push(
-          el('a', { class: 'jp-AtlasLabWorkbench-dashboard', href: data.dashboard, target: '_blank', rel: 'noopener' }, trans.__('Dask dashboard'))
+          el(
+            'a',
+            {
+              class: 'jp-AtlasLabWorkbench-dashboard',
+              href: data.dashboard,
+              target: '_blank',
+              rel: 'noopener',
+              [FOCUS_KEY]: 'dashboard'
+            },
+            trans.__('Dask dashboard')
+          )
         );
       }
     } else {
@@ -309,33 +362,85 @@ export class WorkbenchPanel extends Widget {
     return out;
   }
 
-  private renderCourses(courses: ICourse[]): Node[] {
+  private renderCourses(data: ICourses): Node[] {
     const trans = this.trans;
+    const courses = data.courses;
+    const out: Node[] = [];
     if (courses.length === 0) {
-      return [el('p', { class: 'jp-AtlasLabWorkbench-note' }, trans.__('You are in no course.'))];
+      out.push(el('p', { class: 'jp-AtlasLabWorkbench-note' }, trans.__('You are in no course.')));
     }
-    const list = el('ul', { class: 'jp-AtlasLabWorkbench-courses' });
+    const list = el('ul', { class: 'jp-AtlasLabWorkbench-courseList' });
     for (const course of courses) {
-      const roles = course.roles
-        .map(r =>
-          r === 'students' ? trans.__('student') : r === 'instructors' ? trans.__('instructor') : r === 'graders' ? trans.__('grader') : r
-        )
-        .join(', ');
-      const item = el('li', {}, el('strong', { dir: 'ltr' }, course.id), ` (${roles})`);
-      for (const due of course.due) {
-        item.append(el('div', {}, trans.__('%1 due %2', due.name, formatDate(due.due, this.locale))));
+      const roles = course.roles.map(r => this.roleName(r)).join(', ');
+      const item = el('li', { class: 'jp-AtlasLabWorkbench-course' }, el('span', {}, el('strong', { dir: 'ltr' }, course.id), ` (${roles})`));
+      if (course.due.length) {
+        const due = el('ul', {
+          class: 'jp-AtlasLabWorkbench-due',
+          'aria-label': trans.__('Next due dates in %1', course.id)
+        });
+        for (const d of course.due) {
+          due.append(this.dueItem(d, trans.__('%1 due %2', d.name, formatDue(d.due, this.locale))));
+        }
+        item.append(due);
+      } else if (!data.error) {
+        item.append(el('small', { class: 'jp-AtlasLabWorkbench-note' }, trans.__('No upcoming due date.')));
+      }
+      if (course.overdue.length) {
+        const late = el('ul', {
+          class: 'jp-AtlasLabWorkbench-overdue',
+          'aria-label': trans.__('Missed due dates in %1', course.id)
+        });
+        for (const d of course.overdue) {
+          late.append(
+            this.dueItem(d, trans.__('%1 was due %2 and is not submitted', d.name, formatDue(d.due, this.locale)))
+          );
+        }
+        item.append(late);
       }
       list.append(item);
     }
-    return [list];
+    if (courses.length) {
+      out.push(list);
+    }
+    if (data.error) {
+      out.push(this.error(trans.__('Due dates are unavailable: %1', data.error)));
+    }
+    return out;
+  }
+
+  private dueItem(d: IDue, text: string): HTMLElement {
+    // The machine-readable date for assistive technology, the formatted one for reading.
+    return el('li', { class: 'jp-AtlasLabWorkbench-dueItem' }, el('time', { datetime: d.due }, text));
+  }
+
+  private roleName(role: string): string {
+    const trans = this.trans;
+    switch (role) {
+      case 'students':
+        return trans.__('student');
+      case 'instructors':
+        return trans.__('instructor');
+      case 'tas':
+        return trans.__('teaching assistant');
+      case 'graders':
+        return trans.__('grader');
+      default:
+        return role;
+    }
   }
 
   private async toggleDask(): Promise<void> {
+    // Busy, not disabled: a disabled button would throw the keyboard focus out of the panel.
+    if (this.daskBusy) {
+      return;
+    }
+    this.daskBusy = true;
     const action = this.dask.running ? 'stop' : 'start';
-    this.daskButton.disabled = true;
+    this.daskButton.setAttribute('aria-disabled', 'true');
     this.daskButton.setAttribute('aria-busy', 'true');
     this.daskButton.textContent = action === 'start' ? this.trans.__('Starting…') : this.trans.__('Stopping…');
     const result = await request<IDask>('dask', { method: 'POST', body: JSON.stringify({ action }) }, this.settings);
+    this.daskBusy = false;
     if (result.ok) {
       this.fill('dask', result, data => this.renderDask(data));
     } else {

@@ -3,6 +3,7 @@ import {
   direction,
   errorText,
   formatBytes,
+  formatDue,
   formatNumber,
   isRtl,
   splitDuration,
@@ -56,5 +57,29 @@ describe('errors', () => {
     expect(errorText(403, '{"message": "Forbidden"}')).toBe('Forbidden');
     expect(errorText(502, '')).toBe('HTTP 502');
     expect(errorText(500, '<html>boom</html>')).toBe('500: <html>boom</html>');
+  });
+});
+
+describe('due dates', () => {
+  // Formatted in the machine's time zone, like the browser does: compare with Intl's own answer for the parts.
+  const due = '2031-06-30T21:59:00+00:00';
+
+  it('names the weekday, day, month and year in the user language', () => {
+    const fr = formatDue(due, 'fr_FR');
+    const en = formatDue(due, 'en');
+    const weekdayFr = new Intl.DateTimeFormat('fr-FR', { weekday: 'short' }).format(new Date(due));
+    expect(fr).toContain(weekdayFr);
+    expect(fr).toMatch(/juin|juil\./);
+    expect(en).toMatch(/Jun|Jul/);
+    expect(en).toContain('2031');
+    expect(fr).not.toBe(en);
+  });
+
+  it('writes Arabic due dates with Arabic month names', () => {
+    expect(formatDue(due, 'ar_SA')).not.toMatch(/Jun|Jul/);
+  });
+
+  it('gives back what is no date unchanged', () => {
+    expect(formatDue('soon', 'en')).toBe('soon');
   });
 });
