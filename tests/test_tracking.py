@@ -292,6 +292,71 @@ def test_search_filters_other_teams_out(clients: dict[str, Client], beta: dict, 
     assert not [v for v in a1.search_model_versions() if v.name == "beta-model"]
 
 
+def test_search_runs_never_includes_another_teams_runs(
+    url: str, tokens: dict[str, str], clients: dict[str, Client], beta: dict, alpha: dict
+) -> None:
+    a1, b2 = clients["a1"], clients["b2"]
+    assert list(a1.search_runs([beta["experiment"]], max_results=1000)) == []
+    assert list(a1.search_runs([beta["experiment"]], filter_string="params.secret_param = 'beta-only'")) == []
+    # positive control: the team finds its run, with what was logged in it
+    found = b2.search_runs([alpha["experiment"], beta["experiment"]], max_results=1000)
+    assert [r.info.run_id for r in found] == [beta["run"]] and found[0].data.params["secret_param"] == "beta-only"
+    body = {"experiment_ids": [alpha["experiment"], beta["experiment"]], "max_results": 1000}
+    with http(url, tokens["a1"]) as raw:
+        for path in ("/api/2.0/mlflow/runs/search", "/ajax-api/2.0/mlflow/runs/search"):
+            r = raw.post(path, json=body)
+            assert r.status_code == 200, (path, r.text[:200])
+            assert [run["info"]["run_id"] for run in r.json()["runs"]] == [alpha["run"]], path
+            assert beta["run"] not in r.text and "beta-only" not in r.text and "secret_metric" not in r.text
+
+
+@pytest.fixture(scope="module")
+def beta_logged_model(clients: dict[str, Client], beta: dict) -> str:
+    """A logged model of team beta's (only beta and admins may read it)."""
+    return clients["b1"].create_logged_model(beta["experiment"], name="beta-logged", source_run_id=beta["run"]).model_id
+
+
+def test_page_with_another_teams_model_link_is_still_redacted(
+    url: str, tokens: dict[str, str], clients: dict[str, Client], beta_logged_model: str
+) -> None:
+    """A run of alpha's names beta's logged model (an admin linked them; users cannot) beside alpha's own: a1 sees
+    the run and its own model's link, never beta's, in a page of runs and on the run's own route."""
+    from mlflow.entities import LoggedModelInput, LoggedModelOutput, Metric
+
+    a1, admin = clients["a1"], clients["admin"]
+    exp = a1.create_experiment("teams/alpha/linked")
+    plain = [a1.create_run(exp).info.run_id for _ in range(20)]
+    linked = a1.create_run(exp).info.run_id
+    ours = a1.create_logged_model(exp, name="alpha-logged").model_id
+    a1.log_inputs(linked, models=[LoggedModelInput(ours)])
+    a1.log_outputs(linked, [LoggedModelOutput(ours, 1)])
+    assert denied(a1.log_inputs, linked, models=[LoggedModelInput(beta_logged_model)]) == "PERMISSION_DENIED"
+    admin.log_inputs(linked, models=[LoggedModelInput(beta_logged_model)])
+    admin.log_outputs(linked, [LoggedModelOutput(beta_logged_model, 0)])
+    admin.log_batch(linked, metrics=[Metric("linked_metric", 1.0, 0, 0, model_id=beta_logged_model)])
+    search = {"experiment_ids": [exp], "max_results": 1000}
+    # positive control: the links are there, and an admin (never redacted) sees them
+    with http(url, tokens["admin"]) as raw:
+        assert beta_logged_model in raw.post("/api/2.0/mlflow/runs/search", json=search).text
+        assert raw.get("/api/2.0/mlflow/runs/get", params={"run_id": linked}).text.count(beta_logged_model) >= 2
+    runs = {r.info.run_id: r for r in a1.search_runs([exp], max_results=1000)}
+    assert set(runs) == {*plain, linked}
+    assert [m.model_id for m in runs[linked].outputs.model_outputs] == [ours]
+    assert runs[linked].data.metrics == {"linked_metric": 1.0}
+    got = a1.get_run(linked)
+    assert [m.model_id for m in got.inputs.model_inputs] == [ours]
+    assert [m.model_id for m in got.outputs.model_outputs] == [ours]
+    with http(url, tokens["a1"]) as raw:
+        pages = [
+            raw.post(path, json=search) for path in ("/api/2.0/mlflow/runs/search", "/ajax-api/2.0/mlflow/runs/search")
+        ]
+        pages.append(raw.get("/api/2.0/mlflow/runs/get", params={"run_id": linked}))
+        pages.append(raw.get("/ajax-api/2.0/mlflow/runs/get", params={"run_id": linked}))
+        for r in pages:
+            assert r.status_code == 200 and linked in r.text and ours in r.text, (r.request.url, r.text[:200])
+            assert beta_logged_model not in r.text, r.request.url
+
+
 def test_other_team_cannot_touch_registered_models(clients: dict[str, Client], beta: dict) -> None:
     a1 = clients["a1"]
     assert denied(a1.get_registered_model, "beta-model") == "PERMISSION_DENIED"

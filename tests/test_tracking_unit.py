@@ -180,3 +180,227 @@ def test_tracking_off_adds_nothing(tmp_path: Path) -> None:
 
 def test_no_package_named_mlflow_in_the_repository() -> None:
     assert not (Path(__file__).resolve().parent.parent / "mlflow" / "__init__.py").exists()
+
+
+# ---- the run redaction MLflow's auth app does, and the check in front of it (atlaslab.tracking.redaction) ----
+
+
+def _code_strings(code) -> tuple[set[str], set[str]]:
+    """(string constants, global and attribute names) used by a function, its comprehensions included."""
+    consts, names = set(), set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, str):
+            consts.add(const)
+        elif hasattr(const, "co_consts"):
+            inner_consts, inner_names = _code_strings(const)
+            consts |= inner_consts
+            names |= inner_names
+    return consts, names
+
+
+def test_mlflow_run_redaction_reads_only_the_fields_the_check_looks_for() -> None:
+    """The check skips MLflow's redactor when none of MODEL_LINK_FIELDS occurs: a later MLflow that withholds
+    something else from runs must make this fail, not silently leave that field unredacted."""
+    import mlflow.server.auth as mlflow_auth
+
+    from atlaslab.tracking.redaction import MODEL_LINK_FIELDS
+
+    fields, _ = _code_strings(mlflow_auth._withhold_denied_run_model_links.__code__)
+    assert fields == set(MODEL_LINK_FIELDS)
+    _, called = _code_strings(mlflow_auth._redact_run_response.__code__)
+    assert {name for name in called if name.startswith("_withhold")} == {"_withhold_denied_run_model_links"}
+    for redactor in (mlflow_auth.redact_search_runs_model_links, mlflow_auth.redact_get_run_model_links):
+        _, called = _code_strings(redactor.__code__)
+        assert "_redact_run_response" in called and not {n for n in called if n.startswith(("_withhold", "filter"))}
+
+
+SEARCH_RUNS = "/api/2.0/mlflow/runs/search"
+THEIR_MODEL = "m-0123456789abcdef0123456789abcdef"  # a logged model in another team's experiment
+OUR_MODEL = "m-fedcba9876543210fedcba9876543210"  # one in an experiment of the caller's
+
+
+def _runs_page(count: int, links: tuple[str, ...] = (), link_every: int = 0, decoy: bool = False) -> bytes:
+    """A SearchRuns response as MLflow's handler writes it: every ``link_every``-th run names the models in
+    ``links`` (inputs, outputs and the last run's metric), or a param's value spells a model_id key (``decoy``)."""
+    from mlflow.protos.service_pb2 import SearchRuns
+    from mlflow.utils.proto_json_utils import message_to_json
+
+    page = SearchRuns.Response()
+    for i in range(count):
+        run = page.runs.add()
+        run.info.run_id = run.info.run_uuid = f"{i:032x}"
+        run.info.experiment_id = "7"
+        run.data.params.add(key="lr", value='{"model_id": "m-1"}' if decoy and i == 0 else "0.1")
+        metric = run.data.metrics.add(key="loss", value=0.5, timestamp=1, step=i)
+        if links and i == count - 1:
+            metric.model_id = links[0]
+        for model in links if link_every and i % link_every == 0 else ():
+            run.inputs.model_inputs.add(model_id=model)
+            run.outputs.model_outputs.add(model_id=model, step=0)
+    page.next_page_token = "next"
+    return message_to_json(page).encode()
+
+
+@pytest.fixture
+def run_redaction(monkeypatch: pytest.MonkeyPatch):
+    """Answer a body through MLflow's own after-request hook and through the wrapped one: (mlflow, wrapped, parses).
+
+    The caller is user a1, not an admin, who may read OUR_MODEL and not THEIR_MODEL; with ``tier_denied`` a1 is
+    also denied logged models as a whole (the only case in which MLflow's redactor withholds anything).
+    ``parses`` counts MLflow's re-parses in the wrapped app.
+    """
+    import types
+
+    import flask
+    import mlflow.server.auth as mlflow_auth
+
+    from atlaslab.tracking import redaction
+
+    parses: list[int] = []
+    tier_denied = [True]
+    real_parse = mlflow_auth.parse_dict
+    monkeypatch.setattr(mlflow_auth, "sender_is_admin", lambda: False)
+    monkeypatch.setattr(mlflow_auth, "authenticate_request", lambda: types.SimpleNamespace(username="a1"))
+    monkeypatch.setattr(
+        mlflow_auth, "_denied_sibling_tiers", lambda user, tiers: set(tiers) if tier_denied[0] else set()
+    )
+    monkeypatch.setattr(mlflow_auth, "parse_dict", lambda *a, **k: parses.append(1) or real_parse(*a, **k))
+    monkeypatch.setattr(redaction, "readable_models", lambda ids, user: set(ids) & {OUR_MODEL} if user == "a1" else ())
+
+    def app(wrapped: bool, body: bytes, path: str, method: str) -> flask.Flask:
+        app = flask.Flask(f"redaction-{wrapped}")
+        app.add_url_rule(path, "route", lambda: flask.Response(body, mimetype="application/json"), methods=[method])
+        app.after_request(mlflow_auth._after_request)
+        if wrapped:
+            redaction.install(app)
+        return app
+
+    def answer(
+        body: bytes, path: str = SEARCH_RUNS, method: str = "POST", denied: bool = True
+    ) -> tuple[bytes, bytes, int]:
+        tier_denied[0] = denied
+        mlflow = app(False, body, path, method).test_client().open(path, method=method).get_data()
+        parses.clear()
+        wrapped = app(True, body, path, method).test_client().open(path, method=method).get_data()
+        return mlflow, wrapped, len(parses)
+
+    return answer
+
+
+@pytest.mark.parametrize("denied", [True, False])
+def test_page_without_model_links_skips_the_reparse_and_is_unchanged(run_redaction, denied: bool) -> None:
+    body = _runs_page(1000)
+    mlflow, wrapped, parses = run_redaction(body, denied=denied)
+    assert wrapped == mlflow == body
+    assert parses == 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "page"),
+    [
+        ("model inputs and outputs", lambda: _runs_page(1000, (THEIR_MODEL,), link_every=250)),
+        ("one metric's model_id", lambda: _runs_page(1000, (THEIR_MODEL,))),
+        ("single run", lambda: _runs_page(1, (THEIR_MODEL,), link_every=1)),
+    ],
+)
+def test_page_with_another_teams_model_link_is_still_redacted(run_redaction, kind: str, page) -> None:
+    """Denied logged models as a whole: MLflow's own redactor runs and decides, byte for byte as without us."""
+    body = page()
+    assert THEIR_MODEL.encode() in body
+    mlflow, wrapped, parses = run_redaction(body)
+    assert parses == 1, kind  # MLflow's own redactor ran
+    assert wrapped == mlflow != body, kind
+    assert THEIR_MODEL.encode() not in wrapped, kind
+    assert b'"next_page_token": "next"' in wrapped and wrapped.count(b'"run_uuid"') == body.count(b'"run_uuid"')
+
+
+def test_link_to_another_teams_model_is_withheld_where_mlflow_keeps_it(run_redaction) -> None:
+    """Not denied logged models as a whole (every member, here): MLflow keeps every link; we keep only the links
+    to models the caller may read."""
+    import json
+
+    body = _runs_page(1000, (THEIR_MODEL, OUR_MODEL), link_every=100)
+    mlflow, wrapped, _ = run_redaction(body, denied=False)
+    assert mlflow == body and THEIR_MODEL.encode() in mlflow  # what MLflow alone answers
+    assert THEIR_MODEL.encode() not in wrapped
+    runs = json.loads(wrapped)["runs"]
+    assert len(runs) == 1000 and json.loads(wrapped)["next_page_token"] == "next"
+    linked = [run for run in runs if run.get("inputs")]
+    assert len(linked) == 10
+    for run in linked:
+        assert run["inputs"]["model_inputs"] == [{"model_id": OUR_MODEL}]
+        assert run["outputs"]["model_outputs"] == [{"model_id": OUR_MODEL, "step": 0}]
+    # the metric named THEIR_MODEL: the value stays, the link goes
+    assert runs[-1]["data"]["metrics"] == [{"key": "loss", "value": 0.5, "timestamp": 1, "step": 999}]
+    # the caller's own links alone: nothing to withhold, the body is MLflow's
+    own = _runs_page(10, (OUR_MODEL,), link_every=2)
+    mlflow, wrapped, _ = run_redaction(own, denied=False)
+    assert wrapped == mlflow == own
+
+
+def test_a_value_cannot_pass_for_a_model_link(run_redaction) -> None:
+    # A param whose value spells a model_id key: json.dumps escapes its quotes, so it is no key and no link.
+    body = _runs_page(10, decoy=True)
+    assert b'\\"model_id\\"' in body
+    mlflow, wrapped, parses = run_redaction(body)
+    assert wrapped == mlflow == body and parses == 0
+
+
+def test_get_run_with_a_link_is_redacted_and_other_routes_reach_mlflow(run_redaction) -> None:
+    from mlflow.protos.service_pb2 import GetRun
+    from mlflow.utils.proto_json_utils import message_to_json
+
+    got = GetRun.Response()
+    got.run.info.run_id = "r1"
+    got.run.inputs.model_inputs.add(model_id=THEIR_MODEL)
+    got.run.inputs.model_inputs.add(model_id=OUR_MODEL)
+    body = message_to_json(got).encode()
+    for denied in (True, False):
+        mlflow, wrapped, parses = run_redaction(body, "/api/2.0/mlflow/runs/get", "GET", denied=denied)
+        assert parses == 1 and THEIR_MODEL.encode() not in wrapped, denied
+        assert (OUR_MODEL.encode() in wrapped) is not denied
+    # Another route: MLflow's hook runs as it would alone. Here it picks filter_search_experiments, which fails
+    # alike in both apps for want of a store: the proof that it ran (a skipped hook would answer the page as is).
+    page = _runs_page(3)
+    mlflow, wrapped, _ = run_redaction(page, "/api/2.0/mlflow/experiments/search", denied=False)
+    assert wrapped == mlflow != page
+
+
+def test_install_replaces_mlflows_hook_once_in_place() -> None:
+    import flask
+    import mlflow.server.auth as mlflow_auth
+
+    from atlaslab.tracking import redaction
+
+    app = flask.Flask("install")
+
+    def before(resp):
+        return resp
+
+    app.after_request(before)
+    app.after_request(mlflow_auth._after_request)
+    app.after_request(before)
+    redaction.install(app)
+    hooks = app.after_request_funcs[None]
+    assert hooks[0] is before and hooks[2] is before
+    assert hooks[1].__wrapped__ is mlflow_auth._after_request
+    with pytest.raises(RuntimeError):
+        redaction.install(app)  # already wrapped: MLflow's hook is no longer there
+
+
+def test_service_freezes_what_start_up_left_before_serving(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import gc
+
+    import uvicorn
+
+    from atlaslab.tracking import server
+
+    frozen_when_serving: list[int] = []
+    monkeypatch.setattr(os, "environ", {**os.environ, "ATLASLAB_MLFLOW_DIR": str(tmp_path)})
+    monkeypatch.setattr(server, "build_app", lambda: object())
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: frozen_when_serving.append(gc.get_freeze_count()))
+    try:
+        assert server.main() == 0
+    finally:
+        gc.unfreeze()
+    assert frozen_when_serving and frozen_when_serving[0] > 0

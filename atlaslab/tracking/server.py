@@ -12,6 +12,7 @@ ATLASLAB_MLFLOW_PUBLIC_URL, ATLASLAB_MLFLOW_CACHE_TTL, MLFLOW_FLASK_SERVER_SECRE
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -81,15 +82,30 @@ def build_app():
     from .auth import oauth
     from .grants import HubGrantStore
     from .ownership import guard
+    from .redaction import install as redact_model_links
     from .web import ServicePrefix
 
     mlflow_auth.store = HubGrantStore(rt.hub)
     app = mlflow_auth.create_app(flask_app)
     flask_app.before_request(guard)  # after MLflow's auth hook: the caller is known and authorized
+    # Runs' links to logged models: withheld per model, and no re-parse of pages that name none (.redaction).
+    redact_model_links(flask_app)
     # Open (and on first start create) the database now, not on the first user's request.
     _get_tracking_store()
     _get_model_registry_store()
     return ServicePrefix(app, rt, oauth().token_for_code)
+
+
+def freeze_start_up_objects() -> None:
+    """Keep the garbage collector's full passes off what start-up left: it lives as long as the process.
+
+    MLflow's imports and app leave ~380,000 tracked objects, and every full (generation 2) collection walked them
+    all: measured with ``gc.callbacks`` on a 1,000-run ``search_runs`` page, 0.4 full passes a request at 100-500 ms
+    each on a loaded 2-core machine, ~165 ms a request on average; frozen, ~10 ms. Garbage made later is collected
+    as before; what start-up leaves unreachable is collected first.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def main() -> int:
@@ -101,6 +117,7 @@ def main() -> int:
     os.environ.update(mlflow_environment(workdir, port))
     logging.basicConfig(level=logging.WARNING, format="[mlflow %(levelname)s %(name)s] %(message)s")
     app = build_app()
+    freeze_start_up_objects()
     config = uvicorn.Config(app, host=host, port=port, workers=1, log_level="warning", access_log=False)
     uvicorn.Server(config).run()
     return 0
