@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -316,11 +317,10 @@ def beta_logged_model(clients: dict[str, Client], beta: dict) -> str:
     return clients["b1"].create_logged_model(beta["experiment"], name="beta-logged", source_run_id=beta["run"]).model_id
 
 
-def test_page_with_another_teams_model_link_is_still_redacted(
-    url: str, tokens: dict[str, str], clients: dict[str, Client], beta_logged_model: str
-) -> None:
-    """A run of alpha's names beta's logged model (an admin linked them; users cannot) beside alpha's own: a1 sees
-    the run and its own model's link, never beta's, in a page of runs and on the run's own route."""
+@pytest.fixture(scope="module")
+def linked_run(clients: dict[str, Client], beta_logged_model: str) -> dict[str, Any]:
+    """A run of alpha's (beside 20 plain ones) that names beta's logged model, as an input, an output and in a
+    metric, beside alpha's own logged model (an admin linked beta's: users cannot)."""
     from mlflow.entities import LoggedModelInput, LoggedModelOutput, Metric
 
     a1, admin = clients["a1"], clients["admin"]
@@ -334,6 +334,15 @@ def test_page_with_another_teams_model_link_is_still_redacted(
     admin.log_inputs(linked, models=[LoggedModelInput(beta_logged_model)])
     admin.log_outputs(linked, [LoggedModelOutput(beta_logged_model, 0)])
     admin.log_batch(linked, metrics=[Metric("linked_metric", 1.0, 0, 0, model_id=beta_logged_model)])
+    return {"experiment": exp, "plain": plain, "run": linked, "ours": ours}
+
+
+def test_page_with_another_teams_model_link_is_still_redacted(
+    url: str, tokens: dict[str, str], clients: dict[str, Client], beta_logged_model: str, linked_run: dict
+) -> None:
+    """a1 sees its run and its own model's link, never beta's, in a page of runs and on the run's own route."""
+    a1 = clients["a1"]
+    exp, plain, linked, ours = linked_run["experiment"], linked_run["plain"], linked_run["run"], linked_run["ours"]
     search = {"experiment_ids": [exp], "max_results": 1000}
     # positive control: the links are there, and an admin (never redacted) sees them
     with http(url, tokens["admin"]) as raw:
@@ -354,6 +363,83 @@ def test_page_with_another_teams_model_link_is_still_redacted(
         pages.append(raw.get("/ajax-api/2.0/mlflow/runs/get", params={"run_id": linked}))
         for r in pages:
             assert r.status_code == 200 and linked in r.text and ours in r.text, (r.request.url, r.text[:200])
+            assert beta_logged_model not in r.text, r.request.url
+
+
+RUN_LINKS = (
+    "info { runId } inputs { modelInputs { modelId } } outputs { modelOutputs { modelId } }"
+    " data { metrics { key modelId } }"
+)
+
+
+def graphql_queries(experiment: str, run: str) -> dict[str, str]:
+    """The UI's GraphQL run queries, and the same with aliases and fragments (a filter on JSON keys misses those)."""
+    get = f'mlflowGetRun(input: {{runId: "{run}"}})'
+    search = f'mlflowSearchRuns(input: {{experimentIds: ["{experiment}"], maxResults: 1000}})'
+    return {
+        "mlflowGetRun": f"query {{ {get} {{ run {{ {RUN_LINKS} }} }} }}",
+        "mlflowSearchRuns": f"query {{ {search} {{ runs {{ {RUN_LINKS} }} }} }}",
+        "mlflowSearchRuns as a mutation": f"mutation {{ {search} {{ runs {{ {RUN_LINKS} }} }} }}",
+        "aliases and fragments": f"""
+            query Leak {{
+              one: {get} {{ r: run {{ ...Links }} }}
+              many: {search} {{
+                rs: runs {{ ... on MlflowRunExtension {{ o: outputs {{ x: modelOutputs {{ y: modelId }} }} }} }}
+              }}
+            }}
+            fragment Links on MlflowRunExtension {{
+              info {{ runId }}
+              i: inputs {{ m: modelInputs {{ id: modelId }} }}
+              d: data {{ ms: metrics {{ mid: modelId }} }}
+            }}
+        """,
+    }
+
+
+def test_graphql_never_names_another_teams_model(
+    url: str, tokens: dict[str, str], beta_logged_model: str, linked_run: dict
+) -> None:
+    """The UI's GraphQL endpoint answers from the same runs: a1 gets its run and its own model, never beta's."""
+    for name, query in graphql_queries(linked_run["experiment"], linked_run["run"]).items():
+        answers = {}
+        for user in ("admin", "a1"):
+            with http(url, tokens[user]) as raw:
+                r = raw.post("/graphql", json={"query": query})
+            assert r.status_code == 200 and not r.json().get("errors"), (name, user, r.text[:300])
+            answers[user] = r.text
+        assert beta_logged_model in answers["admin"], name  # positive control: the link exists and is served
+        assert linked_run["run"] in answers["a1"] and linked_run["ours"] in answers["a1"], name  # alpha's own stays
+        assert beta_logged_model not in answers["a1"], name
+
+
+def test_metric_history_never_names_another_teams_model(
+    url: str, tokens: dict[str, str], clients: dict[str, Client], beta_logged_model: str, linked_run: dict
+) -> None:
+    """No positive control here: MLflow's SQL store keeps a metric's model_id with the logged model's metrics, not
+    in the run's history, so today even an admin's history names none. The REST route is redacted all the same
+    (tests/test_tracking_unit.py), for a store or a later MLflow that does return it."""
+    run = linked_run["run"]
+    history = clients["a1"].get_metric_history(run, "linked_metric")
+    assert [(m.value, m.model_id) for m in history] == [(1.0, None)]
+    with http(url, tokens["a1"]) as raw:
+        answers = [
+            raw.get(f"{api}/mlflow/metrics/get-history", params={"run_id": run, "metric_key": "linked_metric"})
+            for api in ("/api/2.0", "/ajax-api/2.0")
+        ]
+        # The bulk variants carry no model_id field at all: checked so that a later MLflow adding one fails here.
+        answers.append(
+            raw.get(
+                "/ajax-api/2.0/mlflow/metrics/get-history-bulk", params={"run_id": run, "metric_key": "linked_metric"}
+            )
+        )
+        answers.append(
+            raw.get(
+                "/ajax-api/2.0/mlflow/metrics/get-history-bulk-interval",
+                params={"run_ids": run, "metric_key": "linked_metric"},
+            )
+        )
+        for r in answers:
+            assert r.status_code == 200 and '"linked_metric"' in r.text, (r.request.url, r.text[:200])
             assert beta_logged_model not in r.text, r.request.url
 
 

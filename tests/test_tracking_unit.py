@@ -212,6 +212,11 @@ def test_mlflow_run_redaction_reads_only_the_fields_the_check_looks_for() -> Non
     for redactor in (mlflow_auth.redact_search_runs_model_links, mlflow_auth.redact_get_run_model_links):
         _, called = _code_strings(redactor.__code__)
         assert "_redact_run_response" in called and not {n for n in called if n.startswith(("_withhold", "filter"))}
+    # metric history: MLflow's redactor clears the field _METRIC_SIBLING_FIELD names for logged models, and only that
+    _, called = _code_strings(mlflow_auth.redact_metric_history_model_ids.__code__)
+    assert {name for name in called if name.startswith("_withhold")} == {"_withhold_denied_metric_references"}
+    assert "RESOURCE_TYPE_LOGGED_MODEL" in called
+    assert mlflow_auth._METRIC_SIBLING_FIELD[mlflow_auth.RESOURCE_TYPE_LOGGED_MODEL] in MODEL_LINK_FIELDS
 
 
 SEARCH_RUNS = "/api/2.0/mlflow/runs/search"
@@ -364,6 +369,193 @@ def test_get_run_with_a_link_is_redacted_and_other_routes_reach_mlflow(run_redac
     page = _runs_page(3)
     mlflow, wrapped, _ = run_redaction(page, "/api/2.0/mlflow/experiments/search", denied=False)
     assert wrapped == mlflow != page
+
+
+def test_metric_history_link_to_another_teams_model_is_withheld(run_redaction) -> None:
+    """metrics/get-history: MLflow clears a metric's model_id only under the veto; we clear the unreadable ones."""
+    import json
+
+    from mlflow.protos.service_pb2 import GetMetricHistory
+    from mlflow.utils.proto_json_utils import message_to_json
+
+    history = GetMetricHistory.Response()
+    for step, model in enumerate((THEIR_MODEL, OUR_MODEL)):
+        history.metrics.add(key="loss", value=0.5, timestamp=1, step=step, model_id=model)
+    history.metrics.add(key="loss", value=0.5, timestamp=1, step=2)
+    body = message_to_json(history).encode()
+    path = "/api/2.0/mlflow/metrics/get-history"
+    mlflow, wrapped, _ = run_redaction(body, path, "GET", denied=False)
+    assert mlflow == body and THEIR_MODEL.encode() in mlflow  # what MLflow alone answers
+    assert [metric.get("model_id") for metric in json.loads(wrapped)["metrics"]] == [None, OUR_MODEL, None]
+    mlflow, wrapped, parses = run_redaction(body, path, "GET", denied=True)
+    assert parses == 1 and wrapped == mlflow and THEIR_MODEL.encode() not in wrapped
+    # a history that names no model: not even parsed
+    history = GetMetricHistory.Response()
+    history.metrics.add(key="loss", value=0.5, timestamp=1, step=0)
+    body = message_to_json(history).encode()
+    assert run_redaction(body, path, "GET", denied=False) == (body, body, 0)
+
+
+# ---- GraphQL (atlaslab.tracking.redaction.ModelLinkMiddleware) ----------------------------------------------------
+
+GRAPHQL_RUN = "0" * 32
+LINKS = "inputs { modelInputs { modelId } } outputs { modelOutputs { modelId step } } data { metrics { key modelId } }"
+GET_RUN = f'mlflowGetRun(input: {{runId: "{GRAPHQL_RUN}"}})'
+SEARCH_RUNS_QL = 'mlflowSearchRuns(input: {experimentIds: ["7"]})'
+GRAPHQL_QUERIES = {
+    "get run": f"query {{ {GET_RUN} {{ run {{ {LINKS} }} }} }}",
+    "search runs": f"query {{ {SEARCH_RUNS_QL} {{ runs {{ {LINKS} }} }} }}",
+    "search runs, as a mutation": f"mutation {{ {SEARCH_RUNS_QL} {{ runs {{ {LINKS} }} }} }}",
+    "aliases and a fragment": f"""
+        query Q {{
+          a: {GET_RUN} {{ r: run {{ ...Links i: inputs {{ m: modelInputs {{ x: modelId }} }} }} }}
+          b: {SEARCH_RUNS_QL} {{ rs: runs {{ ... on MlflowRunExtension {{ {LINKS} }} }} }}
+          c: {GET_RUN} {{ run {{ outputs {{ o: modelOutputs {{ id: modelId }} }} }} }}
+        }}
+        fragment Links on MlflowRunExtension {{ d: data {{ ms: metrics {{ mid: modelId }} }} o: outputs {{ ...Out }} }}
+        fragment Out on MlflowRunOutputs {{ modelOutputs {{ modelId }} }}
+    """,
+    "model versions of a run": f"query {{ {GET_RUN} {{ run {{ modelVersions {{ name modelId }} }} }} }}",
+}
+
+
+@pytest.fixture
+def graphql(monkeypatch: pytest.MonkeyPatch):
+    """Execute a query on MLflow's own GraphQL schema with ModelLinkMiddleware: (JSON of the answer, look-ups).
+
+    The resolvers answer from a run that names THEIR_MODEL and OUR_MODEL in its inputs, outputs, a metric and a
+    model version; the caller is a1 (``admin`` False) who may read OUR_MODEL only. ``look-ups`` counts calls of
+    readable_models."""
+    import json
+    import types
+
+    import mlflow.server.auth as mlflow_auth
+    import mlflow.server.handlers as handlers
+    from mlflow.protos.model_registry_pb2 import SearchModelVersions
+    from mlflow.protos.service_pb2 import GetRun, SearchRuns
+    from mlflow.server.graphql.graphql_schema_extensions import schema
+
+    from atlaslab.tracking import redaction
+
+    def fill(run) -> None:
+        run.info.run_id = GRAPHQL_RUN
+        run.info.experiment_id = "7"
+        for model in (THEIR_MODEL, OUR_MODEL):
+            run.inputs.model_inputs.add(model_id=model)
+            run.outputs.model_outputs.add(model_id=model, step=1)
+            run.data.metrics.add(key=f"loss-{model[-4:]}", value=0.5, timestamp=1, step=0, model_id=model)
+        run.data.metrics.add(key="plain", value=1.0, timestamp=1, step=0)
+
+    def get_run(message):
+        response = GetRun.Response()
+        fill(response.run)
+        return response
+
+    def search_runs(message):
+        response = SearchRuns.Response()
+        for _ in range(3):
+            fill(response.runs.add())
+        return response
+
+    def search_model_versions(message):
+        response = SearchModelVersions.Response()
+        for model in (THEIR_MODEL, OUR_MODEL):
+            response.model_versions.add(name=f"v-{model[-4:]}", version="1", model_id=model)
+        return response.model_versions
+
+    lookups: list[set[str]] = []
+    admin = [False]
+    monkeypatch.setattr(handlers, "get_run_impl", get_run)
+    monkeypatch.setattr(handlers, "search_runs_impl", search_runs)
+    monkeypatch.setattr(
+        handlers, "search_model_versions_impl", lambda m: types.SimpleNamespace(model_versions=search_model_versions(m))
+    )
+    monkeypatch.setattr(mlflow_auth, "authenticate_request", lambda: types.SimpleNamespace(username="a1"))
+    monkeypatch.setattr(mlflow_auth, "sender_is_admin", lambda: admin[0])
+
+    def readable(ids, user):
+        lookups.append(set(ids))
+        return set(ids) & {OUR_MODEL} if user == "a1" else set()
+
+    monkeypatch.setattr(redaction, "readable_models", readable)
+
+    def execute(query: str, as_admin: bool = False, middleware: bool = True) -> tuple[str, int]:
+        admin[0] = as_admin
+        lookups.clear()
+        result = schema.execute(query, middleware=[redaction.ModelLinkMiddleware()] if middleware else [])
+        assert not result.errors, result.errors
+        return json.dumps(result.data), len(lookups)
+
+    return execute
+
+
+@pytest.mark.parametrize("name", list(GRAPHQL_QUERIES))
+def test_graphql_withholds_another_teams_model_ids(graphql, name: str) -> None:
+    query = GRAPHQL_QUERIES[name]
+    bare, _ = graphql(query, middleware=False)
+    assert THEIR_MODEL in bare and OUR_MODEL in bare, name  # the attack works without the middleware
+    answer, lookups = graphql(query)
+    assert THEIR_MODEL not in answer, name
+    assert OUR_MODEL in answer, name  # the caller's own links stay
+    assert lookups == 1, name  # one batch per request, however many runs, metrics and aliases
+    admin, admin_lookups = graphql(query, as_admin=True)
+    assert admin == bare and admin_lookups == 0, name
+
+
+def test_graphql_drops_withheld_links_and_nulls_other_model_ids(graphql) -> None:
+    import json
+
+    answer, _ = graphql(GRAPHQL_QUERIES["get run"])
+    run = json.loads(answer)["mlflowGetRun"]["run"]
+    assert run["inputs"]["modelInputs"] == [{"modelId": OUR_MODEL}]
+    assert run["outputs"]["modelOutputs"] == [{"modelId": OUR_MODEL, "step": "1"}]
+    # a metric keeps its value and loses the link; a metric that names no model is left as MLflow answers it
+    assert {m["key"]: m["modelId"] for m in run["data"]["metrics"]} == {
+        f"loss-{THEIR_MODEL[-4:]}": None,
+        f"loss-{OUR_MODEL[-4:]}": OUR_MODEL,
+        "plain": "",
+    }
+
+
+def test_graphql_caller_the_middleware_cannot_name_reads_no_model(graphql, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flask
+    import mlflow.server.auth as mlflow_auth
+
+    monkeypatch.setattr(mlflow_auth, "authenticate_request", lambda: flask.Response(status=401))
+    answer, lookups = graphql(GRAPHQL_QUERIES["aliases and a fragment"])
+    assert THEIR_MODEL not in answer and OUR_MODEL not in answer and lookups == 0
+
+
+def test_graphql_middleware_goes_in_front_of_mlflows_and_refuses_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow.server.auth as mlflow_auth
+
+    from atlaslab.tracking import redaction
+
+    theirs = object()
+    monkeypatch.setattr(mlflow_auth, "get_graphql_authorization_middleware", lambda: [theirs])
+    first, second = redaction.graphql_middleware()
+    assert isinstance(first, redaction.ModelLinkMiddleware) and second is theirs  # the first is the outermost
+    assert redaction.graphql_middleware()[0] is not first  # one per request: no caller carried over
+    monkeypatch.setattr(mlflow_auth, "get_graphql_authorization_middleware", lambda: [])
+    with pytest.raises(RuntimeError):
+        redaction.graphql_middleware()
+
+
+def test_install_graphql_replaces_the_function_mlflows_handler_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    import mlflow.server.handlers as handlers
+
+    from atlaslab.tracking import redaction
+
+    # MLflow's handler looks the function up by name at each request: replacing the module's attribute is enough.
+    _, called = _code_strings(inspect.unwrap(handlers._graphql).__code__)
+    assert "_get_graphql_auth_middleware" in called
+    monkeypatch.setattr(handlers, "_get_graphql_auth_middleware", handlers._get_graphql_auth_middleware)
+    redaction.install_graphql()
+    assert handlers._get_graphql_auth_middleware is redaction.graphql_middleware
+    with pytest.raises(RuntimeError):
+        redaction.install_graphql()
 
 
 def test_install_replaces_mlflows_hook_once_in_place() -> None:

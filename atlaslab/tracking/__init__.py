@@ -6,6 +6,6 @@
 * :mod:`.hubapi` asks the hub who a token belongs to and which groups a user is in (short caches);
 * :mod:`.grants` feeds :mod:`.policy`'s answers to MLflow's own permission machinery as role grants;
 * :mod:`.auth` is MLflow's ``authorization_function`` and the guard on ownership tags;
-* :mod:`.redaction` withholds runs' links to logged models the caller may not read, per model;
+* :mod:`.redaction` withholds links to logged models the caller may not read, per model (REST and GraphQL);
 * :mod:`.web` strips the service prefix and finishes the hub's OAuth login for browsers.
 """

@@ -26,6 +26,18 @@ name, in ASCII, unescaped; user data only ever appears in JSON string values, wh
 so it can neither make such a key appear nor hide one (a value spelling ``"model_id"`` is written
 ``\\"model_id\\"``). ``ParseDict`` also reads the lowerCamelCase spelling of each field, so that is looked for
 too, in case a later MLflow writes bodies that way.
+
+``metrics/get-history`` has the same flaw (MLflow's ``redact_metric_history_model_ids`` clears a metric's
+``model_id`` only under that veto) and goes through the same two steps. Its bulk variants write metrics without a
+``model_id`` at all.
+
+GraphQL (``/graphql``, which the UI uses for ``mlflowGetRun`` and ``mlflowSearchRuns``) answers from the same
+protobuf messages, outside the after-request hooks, and MLflow's ``GraphQLAuthorizationMiddleware`` applies the same
+all-or-nothing rule. Rewriting its JSON afterwards cannot work: aliases rename every key. So
+:class:`ModelLinkMiddleware` is a graphene middleware that sees each field as it is resolved, whatever the query
+calls it or however fragments reach it: a field named ``modelId``, on any type, resolves to null when the caller may
+not read that model, and a run's ``modelInputs``/``modelOutputs`` lists keep only readable links.
+:func:`install_graphql` puts it in front of MLflow's own.
 """
 
 from __future__ import annotations
@@ -34,9 +46,11 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from flask import Response, request
+from google.protobuf.message import Message
 
 # The fields _withhold_denied_run_model_links clears (RunInputs.model_inputs, RunOutputs.model_outputs,
-# Metric.model_id); tests/test_tracking_unit.py fails if a later MLflow's redactor reads a field not listed here.
+# Metric.model_id), and the one redact_metric_history_model_ids clears (Metric.model_id); tests/test_tracking_unit.py
+# fails if a later MLflow's redactors read a field not listed here.
 MODEL_LINK_FIELDS = ("model_inputs", "model_outputs", "model_id")
 # Each as a JSON key, in both spellings ParseDict accepts.
 _MARKERS = (b'"model_inputs"', b'"modelInputs"', b'"model_outputs"', b'"modelOutputs"', b'"model_id"', b'"modelId"')
@@ -44,7 +58,8 @@ _MARKERS = (b'"model_inputs"', b'"modelInputs"', b'"model_outputs"', b'"modelOut
 _CHUNK = 500
 
 AfterRequest = Callable[[Response], Response]
-RunsOf = Callable[[Any], Iterable[Any]]
+# A response message -> (the runs in it, the metrics in it outside any run).
+PartsOf = Callable[[Any], tuple[Iterable[Any], Iterable[Any]]]
 
 
 def names_model_links(body: bytes) -> bool:
@@ -56,51 +71,54 @@ def _plain_json(resp: Response) -> bool:
     return resp.status_code < 400 and not resp.is_streamed and resp.content_encoding is None and resp.is_json
 
 
-def _run_redactors() -> dict[Callable, tuple[Callable[[], Any], RunsOf]]:
-    """MLflow's run redactors -> (the response message they parse, the runs in it)."""
+def _model_link_redactors() -> dict[Callable, tuple[Callable[[], Any], PartsOf]]:
+    """MLflow's redactors of links to logged models -> (the response message they parse, its runs and metrics)."""
     import mlflow.server.auth as mlflow_auth
-    from mlflow.protos.service_pb2 import GetRun, SearchRuns
+    from mlflow.protos.service_pb2 import GetMetricHistory, GetRun, SearchRuns
 
     return {
-        mlflow_auth.redact_search_runs_model_links: (SearchRuns.Response, lambda message: message.runs),
-        mlflow_auth.redact_get_run_model_links: (GetRun.Response, lambda message: [message.run]),
+        mlflow_auth.redact_search_runs_model_links: (SearchRuns.Response, lambda message: (message.runs, ())),
+        mlflow_auth.redact_get_run_model_links: (GetRun.Response, lambda message: ([message.run], ())),
+        mlflow_auth.redact_metric_history_model_ids: (GetMetricHistory.Response, lambda message: ((), message.metrics)),
     }
 
 
 def wrap_after_request(mlflow_after_request: AfterRequest) -> AfterRequest:
-    """MLflow's after-request hook: skipped when it would redact runs and the body names no logged model, followed
-    by :func:`withhold_unreadable_model_links` when links remain."""
+    """MLflow's after-request hook: skipped when it would redact model links and the body names no logged model,
+    followed by :func:`withhold_unreadable_model_links` when links remain."""
     import mlflow.server.auth as mlflow_auth
 
-    run_redactors = _run_redactors()
+    redactors = _model_link_redactors()
 
     def after_request(resp: Response) -> Response:
-        # The handler MLflow itself would pick for this route (exact paths: both run routes are unparameterized);
+        # The handler MLflow itself would pick for this route (exact paths: these routes are all unparameterized);
         # anything else, including a route a later MLflow gives a different handler, goes to MLflow as is.
-        redactor = run_redactors.get(mlflow_auth.AFTER_REQUEST_HANDLERS.get((request.path, request.method)))
+        redactor = redactors.get(mlflow_auth.AFTER_REQUEST_HANDLERS.get((request.path, request.method)))
         if redactor is None or not _plain_json(resp):
             return mlflow_after_request(resp)
         if not names_model_links(resp.get_data()):
             return resp
         resp = mlflow_after_request(resp)
         if _plain_json(resp) and names_model_links(resp.get_data()) and not mlflow_auth.sender_is_admin():
-            message_class, runs_of = redactor
-            withhold_unreadable_model_links(resp, message_class(), runs_of)
+            message_class, parts_of = redactor
+            withhold_unreadable_model_links(resp, message_class(), parts_of)
         return resp
 
     after_request.__wrapped__ = mlflow_after_request  # type: ignore[attr-defined]
     return after_request
 
 
-def withhold_unreadable_model_links(resp: Response, message: Any, runs_of: RunsOf) -> None:
+def withhold_unreadable_model_links(resp: Response, message: Any, parts_of: PartsOf) -> None:
     """Drop the caller's unreadable logged models from the runs' inputs, outputs and metrics in ``resp``."""
     import mlflow.server.auth as mlflow_auth
     from mlflow.utils.proto_json_utils import message_to_json, parse_dict
 
     parse_dict(resp.json, message)
-    runs = list(runs_of(message))
+    runs, loose_metrics = parts_of(message)
+    runs = list(runs)
+    metrics = [*loose_metrics, *(metric for run in runs for metric in run.data.metrics)]
     named = {link.model_id for run in runs for link in (*run.inputs.model_inputs, *run.outputs.model_outputs)}
-    named |= {metric.model_id for run in runs for metric in run.data.metrics}
+    named |= {metric.model_id for metric in metrics}
     named.discard("")
     if not named:
         return
@@ -112,10 +130,10 @@ def withhold_unreadable_model_links(resp: Response, message: Any, runs_of: RunsO
                 if links[index].model_id not in readable:
                     del links[index]
                     changed = True
-        for metric in run.data.metrics:
-            if metric.model_id and metric.model_id not in readable:
-                metric.ClearField("model_id")
-                changed = True
+    for metric in metrics:
+        if metric.model_id and metric.model_id not in readable:
+            metric.ClearField("model_id")
+            changed = True
     if changed:
         resp.set_data(message_to_json(message))
 
@@ -162,3 +180,112 @@ def install(flask_app) -> None:
     if hooks.count(mlflow_auth._after_request) != 1:
         raise RuntimeError("MLflow's auth after-request hook is not registered exactly once on the app")
     hooks[hooks.index(mlflow_auth._after_request)] = wrap_after_request(mlflow_auth._after_request)
+
+
+# ---- GraphQL ------------------------------------------------------------------------------------------------------
+
+# Field names (as the schema spells them) the middleware acts on; any other field costs one set lookup.
+_MODEL_ID = "modelId"
+_LINK_LISTS = frozenset({("MlflowRunInputs", "modelInputs"), ("MlflowRunOutputs", "modelOutputs")})
+_RUN_FIELDS = frozenset({"run", "runs"})
+_RUN_TYPES = frozenset({"MlflowRun", "MlflowRunExtension"})
+_WATCHED = frozenset({_MODEL_ID, "modelInputs", "modelOutputs", *_RUN_FIELDS})
+
+
+class ModelLinkMiddleware:
+    """Graphene middleware that withholds logged-model ids a non-admin caller may not read.
+
+    Safety rests on two per-field rules, which no alias or fragment can get around (graphql-core calls the
+    middleware for every field it resolves, under whatever name the query gives it):
+
+    * any field named ``modelId`` (runs' model inputs and outputs, metrics, model versions and their metrics)
+      resolves to null unless the caller may read that model;
+    * ``MlflowRunInputs.modelInputs`` and ``MlflowRunOutputs.modelOutputs`` keep only links to readable models,
+      as the REST routes do, so a withheld link does not even show as an entry.
+
+    A field that resolves to runs only asks, in one batch, which of the models they name are readable, so that
+    a page of runs costs one lookup, not one per metric. An instance serves one request (see
+    :func:`graphql_middleware`): it remembers the caller and their answers for that request only.
+    """
+
+    def __init__(self) -> None:
+        self._caller: tuple[str, bool] | None = None  # (username, admin)
+        self._readable: dict[str, bool] = {}
+
+    def resolve(self, next_: Callable[..., Any], root: Any, info: Any, **args: Any) -> Any:
+        value = next_(root, info, **args)
+        field = info.field_name
+        if field not in _WATCHED or value is None:
+            return value
+        username, admin = self._who()
+        if admin:
+            return value
+        if field == _MODEL_ID:
+            # An unset id reads as "" on a protobuf message: nothing to withhold, and what MLflow would answer.
+            return value if not value or self._may_read(username, [value]) else None
+        if (info.parent_type.name, field) in _LINK_LISTS:
+            readable = self._may_read(username, [link.model_id for link in value])
+            return [link for link in value if link.model_id in readable]
+        if field in _RUN_FIELDS and _named_type(info.return_type) in _RUN_TYPES:
+            # Only the batch look-up; the model ids themselves are judged when their own fields resolve.
+            runs = [value] if isinstance(value, Message) else value
+            self._may_read(username, [model for run in runs for model in _models_named_by(run)])
+        return value
+
+    def _who(self) -> tuple[str, bool]:
+        if self._caller is None:
+            import mlflow.server.auth as mlflow_auth
+
+            authorization = mlflow_auth.authenticate_request()
+            # MLflow's before-request hook refuses a caller it cannot authenticate; if one got here anyway, they
+            # are nobody, who reads no model.
+            username = "" if isinstance(authorization, Response) else (authorization.username or "")
+            self._caller = (username, bool(username) and mlflow_auth.sender_is_admin())
+        return self._caller
+
+    def _may_read(self, username: str, model_ids: Iterable[str]) -> set[str]:
+        """Which of ``model_ids`` the caller may read; looks up only those this request has not yet asked about."""
+        ids = set(model_ids)
+        ids.discard("")
+        unknown = ids - self._readable.keys()
+        if unknown:
+            readable = readable_models(unknown, username) if username else set()
+            self._readable.update({model: model in readable for model in unknown})
+        return {model for model in ids if self._readable[model]}
+
+
+def _named_type(graphql_type: Any) -> str:  # MlflowRunExtension for both [MlflowRunExtension!] and MlflowRunExtension
+    from graphql import get_named_type
+
+    return get_named_type(graphql_type).name
+
+
+def _models_named_by(run: Any) -> list[str]:
+    links = (*run.inputs.model_inputs, *run.outputs.model_outputs)
+    return [link.model_id for link in links] + [metric.model_id for metric in run.data.metrics]
+
+
+def graphql_middleware() -> list[Any]:
+    """The middleware for one GraphQL request: ours, outermost, so it sees what MLflow's lets through; then MLflow's.
+
+    MLflow's handler calls this for each request through ``_get_graphql_auth_middleware``, which it would otherwise
+    call itself; that one turns any error into *no* middleware, so this one does not catch: an error, or MLflow's
+    GraphQL authorization being off, refuses the query instead of answering it unchecked.
+    """
+    import mlflow.server.auth as mlflow_auth
+
+    mlflow_middleware = mlflow_auth.get_graphql_authorization_middleware()
+    if not mlflow_middleware:
+        # Ours only withholds model ids; without MLflow's nothing would authorize the query's runs at all.
+        raise RuntimeError("MLflow's GraphQL authorization is off (MLFLOW_SERVER_ENABLE_GRAPHQL_AUTH): refused")
+    return [ModelLinkMiddleware(), *mlflow_middleware]
+
+
+def install_graphql() -> None:
+    """Make MLflow's GraphQL handler use :func:`graphql_middleware` (its own files on disk stay as they are)."""
+    import mlflow.server.handlers as handlers
+
+    # Installed once, in place of MLflow's own function; anything else there means a changed MLflow: fail loudly.
+    if getattr(handlers._get_graphql_auth_middleware, "__module__", None) != handlers.__name__:
+        raise RuntimeError("MLflow's _get_graphql_auth_middleware is not MLflow's own: already installed?")
+    handlers._get_graphql_auth_middleware = graphql_middleware

@@ -83,6 +83,7 @@ def build_app():
     from .grants import HubGrantStore
     from .ownership import guard
     from .redaction import install as redact_model_links
+    from .redaction import install_graphql as redact_graphql_model_ids
     from .web import ServicePrefix
 
     mlflow_auth.store = HubGrantStore(rt.hub)
@@ -90,6 +91,8 @@ def build_app():
     flask_app.before_request(guard)  # after MLflow's auth hook: the caller is known and authorized
     # Runs' links to logged models: withheld per model, and no re-parse of pages that name none (.redaction).
     redact_model_links(flask_app)
+    # The same links through GraphQL (the UI's run pages), withheld field by field as queries resolve.
+    redact_graphql_model_ids()
     # Open (and on first start create) the database now, not on the first user's request.
     _get_tracking_store()
     _get_model_registry_store()
