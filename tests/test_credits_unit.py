@@ -123,3 +123,46 @@ def test_running_checks_warn_once_per_level_then_stop(ledger: UsageLedger, clock
         "stop: No credit left in your own budget",
     ]
     assert clock.now - start == pytest.approx(10 * H)
+
+
+def test_enforce_warns_then_stops_after_the_grace_even_across_a_restart(tmp_path: Path, clock: Clock) -> None:
+    site = Credits(users={"di": Quota(cpu_hours=10, gpu_hours=1, period="day")}, warn_at=[0.8, 0.95], grace=60)
+    clock.now = datetime(2026, 11, 10, 0, 0, tzinfo=UTC).timestamp()
+    ledger = UsageLedger(tmp_path / "usage.sqlite", clock=clock)
+    ledger.open("di/dask/c1/w1", "di", "cpu", cpus=1, gpus=0, scopes=[])
+
+    def check(runs: str = "dask") -> tuple[list[str], credits.Budget | None]:
+        return credits.enforce(ledger, site, "di", None, [], gpus=0, now=clock(), runs=runs)
+
+    clock.advance(7 * H)
+    assert check() == ([], None)
+    clock.advance(1.5 * H)  # 85%
+    recorded, spent = check()
+    assert [m.split(":")[0] for m in recorded] == ["80% of your own budget"] and spent is None
+    # Warnings are one per budget and level, whoever checks: the server's check records nothing new.
+    assert check("server") == ([], None)
+    clock.advance(1.5 * H)  # 100%: the clusters' own stop notice starts the grace
+    recorded, spent = check()
+    assert spent is None and len(recorded) == 1
+    assert recorded[0].endswith("Your Dask clusters stop in 1 min 0 s: save your work now.")
+    clock.advance(59)
+    assert check() == ([], None)
+    # The checker restarts: the deadline is the notice's time in the ledger, not restarted.
+    ledger = UsageLedger(tmp_path / "usage.sqlite", clock=clock)
+    clock.advance(1)
+    recorded, spent = check()
+    assert recorded == [] and spent is not None and (spent.scope, spent.kind) == ("user", "cpu")
+    # A server's stop has its own notice (its own words and grace), not the clusters'.
+    recorded, spent = check("server")
+    assert spent is None and recorded[0].endswith("Your server stops in 1 min 0 s: save your work now.")
+    assert [n["level"] for n in ledger.notices("di")] == ["warning", "stop", "stop"]
+
+
+def test_enforce_stops_only_for_the_kind_of_budget_spent(ledger: UsageLedger, clock: Clock) -> None:
+    # The GPU-hours are spent, the CPU-hours are not: GPU work stops, CPU work goes on (as at spawn).
+    site = Credits(users={"ed": Quota(cpu_hours=100, gpu_hours=1)}, grace=0)
+    ledger.open("ed/dask/gpu/w1", "ed", "gpu", cpus=1, gpus=1, scopes=[])
+    clock.advance(2 * H)
+    _, spent = credits.enforce(ledger, site, "ed", None, [], gpus=1, now=clock(), runs="dask")
+    assert spent is not None and spent.kind == "gpu"
+    assert credits.enforce(ledger, site, "ed", None, [], gpus=0, now=clock(), runs="dask") == ([], None)

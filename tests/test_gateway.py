@@ -220,6 +220,58 @@ def test_hours_left_bound_the_workers_and_an_empty_budget_is_refused_with_the_sp
     assert backend.allowed_count(used_fresh, "lab-campus.c", 50) == gateway.DEFAULT_MAX_WORKERS
 
 
+async def test_a_running_cluster_is_warned_then_stopped_after_the_grace_and_others_are_untouched(loaded, tmp_path):
+    from atlaslab.compute.gateway_backends import AtlasLabKubeBackend
+
+    box = SimpleNamespace(now=NOW)
+    led = UsageLedger(tmp_path / "running.sqlite", clock=lambda: box.now)
+    configs = {
+        "lab-rnd.r1": gateway.cluster_config(loaded, led, "rana", RANA, False, "gpu-one", NOW),
+        "lab-campus.s1": gateway.cluster_config(loaded, led, "sara", SARA, False, "gpu-shared", NOW),
+    }
+    for name, config in configs.items():
+        charge = gateway.Charge.from_cluster_config(config)
+        assert charge is not None
+        gateway.UsageRecorder(led).started(charge, name, "w1")
+    stopped: list[str] = []
+
+    def gateway_process() -> AtlasLabKubeBackend:
+        backend = AtlasLabKubeBackend(ledger_path=str(led.db))
+        backend.cluster_options = gateway.ClusterOptions(loaded, lambda: led)
+        backend.clock = lambda: box.now
+
+        async def stop_cluster(name: str, failed: bool = False) -> None:  # the CRD patch, without a Kubernetes
+            stopped.append(name)
+
+        backend.stop_cluster = stop_cluster  # type: ignore[method-assign]
+        return backend
+
+    backend = gateway_process()
+
+    async def heartbeats() -> None:
+        for name, config in configs.items():
+            assert (await backend.capped_heartbeat(name, config, {"count": 1}) is None) == (name in stopped)
+
+    # Rana's one-GPU worker spends her 10 GPU-hours a month; Sara's quarter GPU spends little of her 20.
+    box.now = NOW + 8.2 * HOUR
+    await heartbeats()
+    assert [n["message"].split(":")[0] for n in led.notices("rana")] == ["80% of your own budget"]
+    box.now = NOW + 10 * HOUR
+    await heartbeats()
+    [*_, stop] = led.notices("rana")
+    assert stop["level"] == "stop" and "Your Dask clusters stop in 5 min 0 s" in stop["message"]
+    box.now += 299
+    await heartbeats()
+    assert stopped == []
+    # The gateway restarts during the grace: the stop is still due at the notice's time plus the grace.
+    backend = gateway_process()
+    box.now += 1
+    await heartbeats()
+    assert stopped == ["lab-rnd.r1"]
+    assert led.notices("rana")[-1]["message"].startswith("Your Dask cluster lab-rnd.r1 was stopped: no credit left")
+    assert led.notices("sara") == []
+
+
 # ---- the worker pod dask-gateway-server builds ----------------------------------------------------------------
 
 
@@ -314,6 +366,8 @@ def test_gateway_and_hub_configuration(loaded, tmp_path) -> None:
     # The service name turns on dask-gateway's check that the token may access this service.
     assert c.JupyterHubAuthenticator.jupyterhub_service_name == "dask-gateway"
     assert c.KubeController.ledger_path == str(tmp_path / "state" / "compute" / "usage.sqlite")
+    # The API server reads the ledger too: it re-checks scale requests and stops clusters whose budget is spent.
+    assert c.KubeBackend.ledger_path == c.KubeController.ledger_path
     hub = Config()
     hub.JupyterHub.services = [{"name": "credits", "url": "http://x"}]
     for _ in range(2):  # applying twice changes nothing
@@ -387,16 +441,23 @@ def test_the_chart_renders_the_gateway_when_enabled(tmp_path) -> None:
 E2E_PASSWORD = "gateway-workshop-password"
 
 
-def e2e_site(alice: str, bob: str, broke: str) -> dict:
+def e2e_site(alice: str, bob: str, broke: str, carol: str) -> dict:
     return {
         "login": [{"provider": "shared-password", "password": {"env": "ATLASLAB_TEST_GATEWAY_PASSWORD"}}],
-        "tenants": {"campus": {"title": "Campus", "environments": ["cpu-small"], "members": [alice, bob, broke]}},
+        "tenants": {
+            "campus": {"title": "Campus", "environments": ["cpu-small"], "members": [alice, bob, broke, carol]}
+        },
         "environments": {
             "cpu-small": {"title": "CPU small", "cpu": 1, "memory": "1G", "default": True},
             "cpu-big": {"title": "CPU big", "cpu": 2, "memory": "2G"},
         },
         # Alice's budget pays one 1-CPU worker for half an hour: one worker, whatever she asks.
-        "credits": {"users": {alice: {"cpu_hours": 0.6}, broke: {"cpu_hours": 1}}, "default_user": {"cpu_hours": 5}},
+        # Carol's is spent while her cluster runs; 2 s of grace before it stops.
+        "credits": {
+            "users": {alice: {"cpu_hours": 0.6}, broke: {"cpu_hours": 1}, carol: {"cpu_hours": 1}},
+            "default_user": {"cpu_hours": 5},
+            "grace": "2s",
+        },
         "services": {"idle_culler": False, "metrics": False},
     }
 
@@ -404,16 +465,11 @@ def e2e_site(alice: str, bob: str, broke: str) -> dict:
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
     directory = tmp_path_factory.mktemp("gateway")
-    names = SimpleNamespace(alice=unique("ga-"), bob=unique("gb-"), broke=unique("gz-"))
+    names = SimpleNamespace(alice=unique("ga-"), bob=unique("gb-"), broke=unique("gz-"), carol=unique("gc-"))
     os.environ["ATLASLAB_TEST_GATEWAY_PASSWORD"] = E2E_PASSWORD
-    wb = Workbench(write_site(directory, e2e_site(names.alice, names.bob, names.broke))).start()
+    wb = Workbench(write_site(directory, e2e_site(names.alice, names.bob, names.broke, names.carol))).start()
     ledger_db = wb.state / "compute" / "usage.sqlite"
-    # Broke spent 1000 CPU-hours of their 1 this month.
-    past = SimpleNamespace(now=time.time() - 60)
-    spent = UsageLedger(ledger_db, clock=lambda: past.now)
-    spent.open(f"{names.broke}/", names.broke, "cpu-big", 1000, 0, [("tenant", "campus")])
-    past.now = time.time()
-    spent.close(f"{names.broke}/")
+    spend(ledger_db, names.broke, 1000)  # of their 1 this month
     api, http_port, tcp_port = free_port(), free_port(), free_port()
     config = directory / "gateway_config.py"
     config.write_text(
@@ -455,7 +511,7 @@ def e2e(tmp_path_factory):
             pass
         assert proc.poll() is None, (directory / "gateway.log").read_text()
         time.sleep(0.2)
-    tokens = {n: logged_in(wb, n, E2E_PASSWORD).token() for n in (names.alice, names.bob, names.broke)}
+    tokens = {n: logged_in(wb, n, E2E_PASSWORD).token() for n in vars(names).values()}
     yield SimpleNamespace(
         wb=wb, names=names, tokens=tokens, address=address, proxy=f"gateway://127.0.0.1:{tcp_port}", ledger=ledger_db
     )
@@ -466,6 +522,25 @@ def e2e(tmp_path_factory):
         proc.kill()
     wb.stop()
     print((directory / "gateway.log").read_text()[-3000:])
+
+
+def spend(db, name: str, cpu_hours: float) -> None:
+    """A finished session of ``cpu_hours`` CPU-hours, ending now (10 s of many CPUs: within this month)."""
+    past = SimpleNamespace(now=time.time() - 10)
+    ledger = UsageLedger(db, clock=lambda: past.now)
+    holder = f"{name}/spent-{past.now}"
+    ledger.open(holder, name, "cpu-big", cpu_hours * 360, 0, [("tenant", "campus")])
+    past.now += 10
+    ledger.close(holder)
+
+
+def wait_for(what: str, done, timeout: float = 45):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := done():
+            return result
+        time.sleep(0.3)
+    raise TimeoutError(what)
 
 
 def client_of(e2e, name: str):
@@ -533,4 +608,47 @@ def test_end_to_end_a_users_cluster_computes_and_its_worker_is_counted(e2e) -> N
     with pytest.raises(ValueError) as e:
         client_of(e2e, broke).new_cluster(environment="cpu-small")
     assert spawn.split(";")[0] in str(e.value)
+    gc.collect()
+
+
+def test_end_to_end_a_spent_budget_warns_then_stops_the_users_running_cluster_only(e2e) -> None:
+    carol, bob = e2e.names.carol, e2e.names.bob
+
+    def workers(name: str) -> list[str]:
+        return [s.holder for s in UsageLedger(e2e.ledger).open_sessions() if s.user == name]
+
+    def levels() -> list[str]:
+        return [n["level"] for n in UsageLedger(e2e.ledger).notices(carol)]
+
+    gc.collect()
+    gw_carol, gw_bob = client_of(e2e, carol), client_of(e2e, bob)
+    mine, theirs = gw_carol.new_cluster(), gw_bob.new_cluster()
+    try:
+        mine.scale(1)
+        theirs.scale(1)
+        wait_for("both workers counted", lambda: workers(carol) and workers(bob))
+        # 85% of Carol's CPU-hours: the next heartbeat warns her, and the cluster keeps running.
+        spend(e2e.ledger, carol, 0.85)
+        wait_for("the 80% warning", lambda: levels() == ["warning"])
+        assert mine.name in [c.name for c in gw_carol.list_clusters()]
+        # Spent: a stop notice, and 2 s later the cluster and its worker stop.
+        spend(e2e.ledger, carol, 0.2)
+        wait_for("the stop notice", lambda: "stop" in levels())
+        wait_for("Carol's cluster stopped", lambda: not workers(carol) and not gw_carol.list_clusters())
+        assert levels() == ["warning", "stop", "stopped"]
+        # The session sees them in the credits service, as it sees its servers'.
+        r = httpx.get(
+            f"{e2e.wb.url}/services/credits/api/v1/me", headers={"Authorization": f"token {e2e.tokens[carol]}"}
+        )
+        notices = r.json()["notices"]
+        assert "Your Dask clusters stop in 0 min 2 s" in notices[1]["message"]
+        assert notices[2]["message"].startswith(f"Your Dask cluster {mine.name} was stopped: no credit left")
+        # Bob's cluster, on another budget, runs on with its worker.
+        assert [c.name for c in gw_bob.list_clusters()] == [theirs.name] and workers(bob)
+        assert UsageLedger(e2e.ledger).notices(bob) == []
+    finally:
+        theirs.shutdown()
+        mine.close()
+        gw_carol.close()
+        gw_bob.close()
     gc.collect()

@@ -144,6 +144,17 @@ def spawn_refusal(
     return None
 
 
+# What a running check stops, in the words of its stop notice: a user's server (the spawner's poll) or their Dask
+# clusters (the gateway's heartbeat check).
+STOPS = {"server": "Your server stops", "dask": "Your Dask clusters stop"}
+
+
+def stop_key(budget: Budget, runs: str = "server") -> str:
+    """The stop notice's key: its time in the ledger starts the grace. Servers keep the key they always had (a stop
+    pending in an existing ledger keeps its deadline); clusters get their own notice, in their own words."""
+    return f"{budget.key}:stop" if runs == "server" else f"{budget.key}:stop:{runs}"
+
+
 @dataclass(frozen=True)
 class Verdict:
     notices: list[tuple[str, str, str]]  # (key, level, message) to record once
@@ -158,7 +169,10 @@ def check_running(
     teams: list[str],
     gpus: float,
     now: float,
+    runs: str = "server",
 ) -> Verdict:
+    """Warnings and stop notices for what ``runs`` (see :data:`STOPS`) holding ``gpus`` GPUs; warnings are shared
+    (one per budget and level, whatever runs), stop notices are per kind."""
     notices, over = [], []
     for b in budgets(ledger, credits, user, tenant, teams, now):
         if b.kind == "gpu" and not gpus:
@@ -168,9 +182,9 @@ def check_running(
             grace = int(credits.grace)
             notices.append(
                 (
-                    f"{b.key}:stop",
+                    stop_key(b, runs),
                     "stop",
-                    f"No credit left in {b.describe()}. Your server stops in {grace // 60} min {grace % 60} s:"
+                    f"No credit left in {b.describe()}. {STOPS[runs]} in {grace // 60} min {grace % 60} s:"
                     " save your work now.",
                 )
             )
@@ -180,3 +194,27 @@ def check_running(
                 notices.append((f"{b.key}:{level:g}", "warning", f"{round(level * 100)}% of {b.describe()}."))
                 break
     return Verdict(notices, over)
+
+
+def enforce(
+    ledger: UsageLedger,
+    credits: Credits,
+    user: str,
+    tenant: str | None,
+    teams: list[str],
+    gpus: float,
+    now: float,
+    runs: str = "server",
+) -> tuple[list[str], Budget | None]:
+    """One running check: record the verdict's notices (each once) and say which spent budget's grace is over.
+
+    Returns the messages recorded now and the budget to stop for (None: keep running). The grace runs from the stop
+    notice's time in the ledger, so a restart of whoever checks neither loses nor restarts the deadline.
+    """
+    verdict = check_running(ledger, credits, user, tenant, teams, gpus, now, runs)
+    recorded = [message for key, level, message in verdict.notices if ledger.notify(user, key, level, message)]
+    for b in verdict.over:
+        noticed = ledger.notice_time(user, stop_key(b, runs))
+        if noticed is not None and now - noticed >= float(credits.grace):
+            return recorded, b
+    return recorded, None

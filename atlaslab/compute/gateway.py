@@ -420,6 +420,22 @@ class UsageRecorder:
             self.stopped(user, cluster, worker)
 
 
+def running_check(
+    ledger: UsageLedger, credits: Credits, charge: Charge, cluster: str, now: float
+) -> tuple[list[str], str | None]:
+    """A running cluster's budget check, under the rule servers follow (:func:`credits.enforce`): the notices
+    recorded now (warnings shared with the user's servers, a stop notice of its own), and, once a budget its workers
+    are charged to has been spent for the grace, why it stops (recorded as a "stopped" notice), else None."""
+    recorded, spent = credits_mod.enforce(
+        ledger, credits, charge.user, charge.tenant, charge.teams, charge.gpus, now, runs="dask"
+    )
+    if spent is None:
+        return recorded, None
+    why = f"Your Dask cluster {cluster} was stopped: no credit left in {spent.describe()}."
+    ledger.notify(charge.user, f"{spent.key}:stopped:dask:{cluster}", "stopped", why)
+    return recorded, why
+
+
 # ---- configuring the gateway server and the hub ----------------------------------------------------------------
 
 
@@ -470,6 +486,8 @@ def configure_gateway(
         traits = set(KubeClusterConfig.class_trait_names())
         c.KubeBackend.cluster_options = ClusterOptions(loaded, ledger, traits, cap=cap)
         c.KubeBackend.gateway_instance = env.get("DASK_GATEWAY_INSTANCE", "atlaslab")
+        # The API server re-checks scale requests and stops spent clusters: it reads the ledger too.
+        c.KubeBackend.ledger_path = str(db)
         c.KubeController.gateway_instance = env.get("DASK_GATEWAY_INSTANCE", "atlaslab")
         c.KubeController.api_url = env.get("ATLASLAB_GATEWAY_API_URL", "")
         c.KubeController.proxy_prefix = env.get("ATLASLAB_GATEWAY_PREFIX", f"/services/{SERVICE_NAME}")

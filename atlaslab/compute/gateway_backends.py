@@ -10,17 +10,24 @@ Where workers start and stop differs by backend, so the hook sits at the narrowe
   (``on_pod_update``/``on_pod_delete``). A worker is charged from the moment its pod is bound to a node (it holds
   the GPU from then) until the pod ends or is deleted.
 
-Both also re-check the budget on every scale request (``on_cluster_heartbeat``): ``cluster_max_workers`` is fixed
-when the cluster is created, and a user with two clusters, or a server started since, must not get more workers
-than their concurrent-GPU limit leaves now.
+Both also check the budgets on every heartbeat of a cluster's scheduler (``on_cluster_heartbeat``, every
+``cluster_heartbeat_period``), in the API server, which holds the cluster's configuration and can stop it:
+
+* running clusters follow the servers' rule (:func:`gateway.running_check`): warnings at ``warn_at``, a stop
+  notice at ``stop_at``, and the cluster stopped ``grace`` after it. The deadline is the notice's time in the
+  ledger, so a gateway restart keeps it, and the hub is not involved;
+* scale requests are re-checked: ``cluster_max_workers`` is fixed when the cluster is created, and a user with two
+  clusters, or a server started since, must not get more workers than their concurrent-GPU limit leaves now.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
+from dask_gateway_server.backends.db_base import JobStatus
 from dask_gateway_server.backends.kubernetes.backend import KubeBackend
 from dask_gateway_server.backends.kubernetes.controller import KubeController, get_cluster_key
 from dask_gateway_server.backends.local import LocalBackend, UnsafeLocalBackend
@@ -38,8 +45,24 @@ class LedgerMixin(LoggingConfigurable):
         config=True
     )
 
+    # Time for the budget checks (tests move it).
+    clock: Callable[[], float] = staticmethod(time.time)
+
     def recorder(self) -> gateway.UsageRecorder | None:
-        return gateway.UsageRecorder(UsageLedger(self.ledger_path)) if self.ledger_path else None
+        return gateway.UsageRecorder(UsageLedger(self.ledger_path, clock=self.clock)) if self.ledger_path else None
+
+    def budget_stop(self, config: dict, cluster: str) -> str | None:
+        """Why ``cluster`` must stop now (its user's budget has been spent for the grace), or None; warnings and
+        the stop notice are recorded for the user's session on the way."""
+        charge = gateway.Charge.from_cluster_config(config)
+        recorder = self.recorder()
+        loaded = getattr(self, "site", None)
+        if charge is None or recorder is None or loaded is None:
+            return None
+        recorded, why = gateway.running_check(recorder.ledger, loaded.site.credits, charge, cluster, self.clock())
+        for message in recorded:
+            self.log.warning("Credits notice for %s (cluster %s): %s", charge.user, cluster, message)
+        return why
 
     def allowed_count(self, config: dict, cluster: str, asked: int) -> int:
         """``asked`` workers, less what the user's budgets do not leave for this cluster now."""
@@ -60,13 +83,19 @@ class LedgerMixin(LoggingConfigurable):
             charge.teams,
             charge.gpus,
             charge.cpus,
-            time.time(),
+            self.clock(),
             gateway.DEFAULT_MAX_WORKERS if cap is None else int(cap),
             running=mine,
         )
         return min(asked, limit)
 
-    async def capped_heartbeat(self, cluster_name: str, config: dict, msg: dict) -> dict:
+    async def capped_heartbeat(self, cluster_name: str, config: dict, msg: dict) -> dict | None:
+        """``msg`` with its worker count capped by the budgets; None if the cluster was stopped instead."""
+        why = await asyncio.to_thread(self.budget_stop, dict(config), cluster_name)
+        if why:
+            self.log.warning("Stopping cluster %s: %s", cluster_name, why)
+            await self.stop_cluster(cluster_name)  # type: ignore[attr-defined]
+            return None
         count = msg.get("count", 0)
         allowed = await asyncio.to_thread(self.allowed_count, dict(config), cluster_name, count)
         if allowed < count:
@@ -121,8 +150,10 @@ class _LocalUsage(LedgerMixin):
 
     async def on_cluster_heartbeat(self, cluster_name, msg):
         cluster = self.db.get_cluster(cluster_name)  # type: ignore[attr-defined]
-        if cluster is not None:
+        if cluster is not None and cluster.target <= JobStatus.RUNNING:  # not once it is stopping
             msg = await self.capped_heartbeat(cluster_name, cluster.config, msg)
+            if msg is None:
+                return
         await super().on_cluster_heartbeat(cluster_name, msg)  # type: ignore[misc]
 
 
@@ -145,6 +176,8 @@ class AtlasLabKubeBackend(LedgerMixin, KubeBackend):
         cluster = self.clusters.get(cluster_name)
         if cluster is not None:
             msg = await self.capped_heartbeat(cluster_name, cluster.config, msg)
+            if msg is None:
+                return
         await super().on_cluster_heartbeat(cluster_name, msg)
 
 
