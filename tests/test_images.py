@@ -4,6 +4,7 @@ CPU user image's pinned requirements installed into a fresh virtual environment 
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shutil
 import subprocess
@@ -78,6 +79,13 @@ def test_user_images_carry_the_jupyter_config_the_hub_hands_over_on_one_machine(
     assert enabled["nbgrader.server_extensions.formgrader"] is False
     assert enabled["nbgrader.server_extensions.course_list"] is False
     assert enabled["nbgrader.server_extensions.assignment_list"] is True and enabled["jupyterlab"] is True
+    # What the local spawner passes as arguments: the workbench panel's data and the Dask dashboard check.
+    assert enabled["atlaslab.workbench"] is True and enabled["atlaslab.compute.dashboard"] is True
+    for name in ("atlaslab.workbench", "atlaslab.compute.dashboard"):
+        assert importlib.import_module(name)._jupyter_server_extension_points()
+    conf_d = json.loads((etc / "jupyter_server_config.d" / "zz-atlaslab.json").read_text())
+    module, cls = conf_d["ServerApp"]["kernel_websocket_connection_class"].rsplit(".", 1)
+    assert getattr(importlib.import_module(module), cls)
     # nbgrader, as students run it, uses AtlasLab's exchange classes.
     loader = PyFileConfigLoader("nbgrader_config.py", path=str(etc))
     factory = loader.load_config().ExchangeFactory

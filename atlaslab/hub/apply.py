@@ -107,12 +107,6 @@ def configure_spawner(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
     if isolation_mode(loaded) == "none" and os.geteuid() == 0:
         # Development mode run as root: Jupyter refuses root unless told; users are not isolated anyway.
         c.AtlasLabSpawner.args = ["--ServerApp.allow_root=True"]
-    # dask-labextension's dashboard check, taught to find dashboards behind the user's own server (its stock
-    # check fetches them without credentials and meets the hub's login): atlaslab/compute/dashboard.py.
-    dashboard_arg = "--ServerApp.jpserver_extensions=atlaslab.compute.dashboard=True"
-    current_args = c.AtlasLabSpawner.get("args")
-    current_args = list(current_args) if isinstance(current_args, list) else []
-    c.AtlasLabSpawner.args = current_args if dashboard_arg in current_args else [*current_args, dashboard_arg]
     c.AtlasLabSpawner.home_root = str(loaded.site.spawner.home_root)
     c.AtlasLabSpawner.dev_home_root = str(state.dev_homes)
     c.AtlasLabSpawner.default_url = loaded.site.spawner.default_url

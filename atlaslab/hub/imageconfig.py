@@ -14,11 +14,14 @@ from pathlib import Path
 from . import language
 from .apply import STUDENT_DISABLED_EXTENSIONS
 from .grading import client_config
+from .spawner import KERNEL_WEBSOCKET, SERVER_EXTENSIONS
 
 
 def server_config() -> dict:
-    # Instructors grade through their course's formgrader service, never in their own server.
-    return {"ServerApp": {"jpserver_extensions": {name: False for name in STUDENT_DISABLED_EXTENSIONS}}}
+    # Instructors grade through their course's formgrader service, never in their own server; the rest is what the
+    # local spawner passes as arguments.
+    extensions = {name: False for name in STUDENT_DISABLED_EXTENSIONS} | dict.fromkeys(SERVER_EXTENSIONS, True)
+    return {"ServerApp": {"jpserver_extensions": extensions, "kernel_websocket_connection_class": KERNEL_WEBSOCKET}}
 
 
 def write(directory: Path) -> None:

@@ -35,6 +35,13 @@ from . import accounts, language, limits
 from .membership import allowed_environments
 
 SINGLEUSER = str(Path(sys.executable).with_name("jupyterhub-singleuser"))
+# Loaded in every user's server (here through the arguments; in the Kubernetes images through their config,
+# atlaslab/hub/imageconfig.py): the workbench panel's server side (environment, credits, runs, Dask), and
+# dask-labextension's dashboard check taught to find dashboards behind the user's own server (its stock check
+# fetches them without credentials and meets the hub's login).
+SERVER_EXTENSIONS = ("atlaslab.workbench", "atlaslab.compute.dashboard")
+# Kernel websockets with TCP_NODELAY: without it every cell's reply waits ~40 ms on delayed ACKs.
+KERNEL_WEBSOCKET = "atlaslab.hub.singleuser.NoDelayKernelConnection"
 
 
 class AtlasLabSpawner(LocalProcessSpawner):
@@ -416,10 +423,8 @@ class AtlasLabSpawner(LocalProcessSpawner):
         if not any(group.name.startswith("course:") for group in self.user.groups):
             disabled += [e for e in self.course_server_extensions if e not in disabled]
         args += [f"--ServerApp.jpserver_extensions={e}=False" for e in disabled]
-        # The workbench panel's server side (environment, credits, runs, Dask) in every user's server.
-        args.append("--ServerApp.jpserver_extensions=atlaslab.workbench=True")
-        # Kernel websockets with TCP_NODELAY: without it every cell's reply waits ~40 ms on delayed ACKs.
-        args.append("--ServerApp.kernel_websocket_connection_class=atlaslab.hub.singleuser.NoDelayKernelConnection")
+        args += [f"--ServerApp.jpserver_extensions={e}=True" for e in SERVER_EXTENSIONS]
+        args.append(f"--ServerApp.kernel_websocket_connection_class={KERNEL_WEBSOCKET}")
         if self.lab_settings_root:
             # The tenant's language as JupyterLab's default; the user's own choice in their settings still wins.
             lang = language.language_for(
