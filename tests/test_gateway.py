@@ -166,7 +166,7 @@ def test_max_workers_from_budget_and_concurrent_gpus(loaded, ledger) -> None:
     scopes = credits_mod.scopes_of("rana", "rnd", ["vision"])
     used(ledger, "rana/old", "rana", gpus=1, cpus=1, hours=9, scopes=scopes)  # 9 of 10 GPU-hours: 1 left
     ledger.open("rana/", "rana", "gpu-one", 4, 1, scopes)  # a server holding 1 GPU now (limit 2 at once)
-    assert gateway.gpu_room(ledger, credits, "rana", "rnd", ["vision"], 1.0) == 1
+    assert gateway.gpu_room(ledger, credits, gateway.Charge("rana", "gpu-one", "rnd", ["vision"], 1.0, 4.0)) == 1
     config = gateway.cluster_config(loaded, ledger, "rana", RANA, False, "gpu-one", NOW)
     assert config["cluster_max_workers"] == 1 and config["namespace"] == "lab-rnd"
     # The gateway's own arithmetic from cores and memory gives the same single worker.
@@ -194,9 +194,13 @@ def test_hours_left_bound_the_workers_and_an_empty_budget_is_refused_with_the_sp
     scopes = credits_mod.scopes_of("rana", "rnd", ["vision"])
     # 1 GPU-hour left, no GPU held: two one-GPU workers for half an hour each, not more.
     used(ledger, "rana/old", "rana", gpus=1, cpus=1, hours=9, scopes=scopes)
-    assert gateway.worker_limit(ledger, credits, "rana", "rnd", ["vision"], 1.0, 4.0, NOW) == 2
+    assert (
+        gateway.worker_limit(ledger, credits, gateway.Charge("rana", "gpu-one", "rnd", ["vision"], 1.0, 4.0), NOW) == 2
+    )
     # A two-GPU worker needs 1 GPU-hour for half an hour: one fits.
-    assert gateway.worker_limit(ledger, credits, "rana", "rnd", ["vision"], 2.0, 8.0, NOW) == 1
+    assert (
+        gateway.worker_limit(ledger, credits, gateway.Charge("rana", "gpu-two", "rnd", ["vision"], 2.0, 8.0), NOW) == 1
+    )
     # 0.2 GPU-hours left: a server could start, a worker cannot; the message says why.
     used(ledger, "rana/old2", "rana", gpus=1, cpus=1, hours=0.8, scopes=scopes)
     with pytest.raises(gateway.Refused) as e:

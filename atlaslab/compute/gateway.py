@@ -139,13 +139,12 @@ def worker_config(key: str, env: Environment, kube: Kubernetes, dask: str = "das
 # ---- how many workers the budgets leave -----------------------------------------------------------------------
 
 
-def gpu_room(
-    ledger: UsageLedger, credits: Credits, user: str, tenant: str | None, teams: list[str], gpus: float
-) -> int | None:
-    """Workers of ``gpus`` GPUs each that may start beyond what runs now (servers and every cluster's workers, as
+def gpu_room(ledger: UsageLedger, credits: Credits, charge: Charge) -> int | None:
+    """Workers like ``charge``'s that may start beyond what runs now (servers and every cluster's workers, as
     the ledger holds them) under the concurrent-GPU limits (``max_gpus``); None: no such limit applies."""
     room: int | None = None
-    for scope, quota in credits_mod.quotas_for(credits, user, tenant, teams):
+    gpus = charge.gpus
+    for scope, quota in credits_mod.quotas_for(credits, charge.user, charge.tenant, charge.teams):
         if gpus and quota.max_gpus is not None:
             free = max(0, math.floor((quota.max_gpus - ledger.gpus_held(scope)) / gpus + 1e-9))
             room = free if room is None else min(room, free)
@@ -158,22 +157,14 @@ def committed(ledger: UsageLedger, user: str) -> tuple[float, float]:
     return sum(x.gpus for x in mine), sum(x.cpus for x in mine)
 
 
-def hours_room(
-    ledger: UsageLedger,
-    credits: Credits,
-    user: str,
-    tenant: str | None,
-    teams: list[str],
-    gpus: float,
-    cpus: float,
-    now: float,
-) -> int | None:
-    """New workers the budgets' remaining hours (before ``stop_at``) pay for :data:`MIN_WORKER_HOURS` each,
-    after paying as long for what the user already runs; None: no budget counts hours of this kind."""
+def hours_room(ledger: UsageLedger, credits: Credits, charge: Charge, now: float) -> int | None:
+    """New workers like ``charge``'s the budgets' remaining hours (before ``stop_at``) pay for
+    :data:`MIN_WORKER_HOURS` each, after paying as long for what the user already runs; None: no budget counts
+    hours of this kind."""
     room: int | None = None
-    held = dict(zip(("gpu", "cpu"), committed(ledger, user), strict=True))
-    for b in credits_mod.budgets(ledger, credits, user, tenant, teams, now):
-        per_worker = gpus if b.kind == "gpu" else cpus
+    held = dict(zip(("gpu", "cpu"), committed(ledger, charge.user), strict=True))
+    for b in credits_mod.budgets(ledger, credits, charge.user, charge.tenant, charge.teams, now):
+        per_worker = charge.per_worker(b.kind)
         if not per_worker:
             continue
         left = b.limit * credits.stop_at - b.used - held[b.kind] * MIN_WORKER_HOURS
@@ -185,49 +176,30 @@ def hours_room(
 def worker_limit(
     ledger: UsageLedger,
     credits: Credits,
-    user: str,
-    tenant: str | None,
-    teams: list[str],
-    gpus: float,
-    cpus: float,
+    charge: Charge,
     now: float,
     cap: int = DEFAULT_MAX_WORKERS,
     running: int = 0,
 ) -> int:
-    """Most workers (``gpus`` GPUs and ``cpus`` cores each) a cluster of this user may have now, ``running`` of
-    which already run (and are in the ledger): the site's ``cap``, and what the concurrent-GPU limits and the
-    budgets' hours leave beyond everything the user runs."""
-    rooms = [
-        r
-        for r in (
-            gpu_room(ledger, credits, user, tenant, teams, gpus),
-            hours_room(ledger, credits, user, tenant, teams, gpus, cpus, now),
-        )
-        if r is not None
-    ]
+    """Most workers like ``charge``'s a cluster of its user may have now, ``running`` of which already run (and
+    are in the ledger): the site's ``cap``, and what the concurrent-GPU limits and the budgets' hours leave beyond
+    everything the user runs."""
+    rooms = [r for r in (gpu_room(ledger, credits, charge), hours_room(ledger, credits, charge, now)) if r is not None]
     return max(0, min(cap, running + min(rooms)) if rooms else cap)
 
 
 def refusal(
-    ledger: UsageLedger,
-    credits: Credits,
-    user: str,
-    tenant: str | None,
-    teams: list[str],
-    gpus: float,
-    cpus: float,
-    now: float,
-    cap: int = DEFAULT_MAX_WORKERS,
+    ledger: UsageLedger, credits: Credits, charge: Charge, now: float, cap: int = DEFAULT_MAX_WORKERS
 ) -> str | None:
     """Why this user may not have a cluster of such workers now: the spawn page's reason, or, when the budget
     has room for a server but not for one worker, the same words with how much a worker needs."""
-    why = credits_mod.spawn_refusal(ledger, credits, user, tenant, teams, gpus, now)
+    why = credits_mod.spawn_refusal(ledger, credits, charge.user, charge.tenant, charge.teams, charge.gpus, now)
     if why:
         return why
-    if worker_limit(ledger, credits, user, tenant, teams, gpus, cpus, now, cap) >= 1:
+    if worker_limit(ledger, credits, charge, now, cap) >= 1:
         return None
-    for b in credits_mod.budgets(ledger, credits, user, tenant, teams, now):
-        per_worker = gpus if b.kind == "gpu" else cpus
+    for b in credits_mod.budgets(ledger, credits, charge.user, charge.tenant, charge.teams, now):
+        per_worker = charge.per_worker(b.kind)
         if per_worker and b.limit * credits.stop_at - b.used < per_worker * MIN_WORKER_HOURS:
             what = "a CPU environment, or " if b.kind == "gpu" else ""
             return (
@@ -260,32 +232,25 @@ def cluster_config(
         raise Refused(forbidden(requested, allowed))
     env = site.environments[requested]
     tenant, teams = membership(groups)
-    gpus, cpus = gpu_share(env), float(env.cpu)
+    charge = Charge(user, requested, tenant, teams, gpu_share(env), float(env.cpu))
     limit = cap
     if ledger is not None:
-        why = refusal(ledger, site.credits, user, tenant, teams, gpus, cpus, now, cap)
+        why = refusal(ledger, site.credits, charge, now, cap)
         if why:
             raise Refused(why)
-        limit = worker_limit(ledger, site.credits, user, tenant, teams, gpus, cpus, now, cap)
+        limit = worker_limit(ledger, site.credits, charge, now, cap)
     config = worker_config(requested, env, site.kubernetes, dask)
     kube = site.kubernetes
     config["namespace"] = tenant_namespace(groups, kube.namespace_prefix, f"{kube.namespace_prefix}users")
     config["cluster_max_workers"] = limit
     # The gateway derives the worker count from these too (scheduler included): keep them consistent.
-    config["cluster_max_cores"] = SCHEDULER_CORES + limit * cpus
+    config["cluster_max_cores"] = SCHEDULER_CORES + limit * charge.cpus
     config["cluster_max_memory"] = SCHEDULER_MEMORY + limit * int(env.memory)
     config["idle_timeout"] = IDLE_TIMEOUT
     # Who pays, read back by the usage hook from the worker pod (KubeBackend) or the cluster config (local).
-    charge = {
-        "user": user,
-        "environment": requested,
-        "tenant": tenant or "",
-        "teams": ",".join(teams),
-        "gpus": f"{gpus:g}",
-        "cpus": f"{cpus:g}",
-    }
-    config["worker_extra_pod_annotations"] = {ANNOTATION + k: v for k, v in charge.items()}
-    config["environment"].update({f"ATLASLAB_CHARGE_{k.upper()}": v for k, v in charge.items()})
+    values = charge.values()
+    config["worker_extra_pod_annotations"] = {ANNOTATION + k: v for k, v in values.items()}
+    config["environment"].update({f"ATLASLAB_CHARGE_{k.upper()}": v for k, v in values.items()})
     return config
 
 
@@ -370,6 +335,21 @@ class Charge:
     teams: list[str]
     gpus: float
     cpus: float
+
+    def per_worker(self, kind: str) -> float:
+        """What one worker spends of a budget of ``kind`` (gpu or cpu) per hour."""
+        return self.gpus if kind == "gpu" else self.cpus
+
+    def values(self) -> dict[str, str]:
+        """As written into the cluster's environment and the worker pods' annotations (:meth:`from_values`)."""
+        return {
+            "user": self.user,
+            "environment": self.environment,
+            "tenant": self.tenant or "",
+            "teams": ",".join(self.teams),
+            "gpus": f"{self.gpus:g}",
+            "cpus": f"{self.cpus:g}",
+        }
 
     @classmethod
     def from_values(cls, values: Mapping[str, str], prefix: str) -> Charge | None:

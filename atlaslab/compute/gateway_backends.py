@@ -78,11 +78,7 @@ class LedgerMixin(LoggingConfigurable):
         limit = gateway.worker_limit(
             recorder.ledger,
             loaded.site.credits,
-            charge.user,
-            charge.tenant,
-            charge.teams,
-            charge.gpus,
-            charge.cpus,
+            charge,
             self.clock(),
             gateway.DEFAULT_MAX_WORKERS if cap is None else int(cap),
             running=mine,
