@@ -12,7 +12,7 @@ The variants:
 
 * ``stock``: jupyterhub-singleuser with every installed server extension.
 * ``stock-old-atlaslab``: what AtlasLab did before: nbgrader's formgrader and course list disabled.
-* ``launcher``: ``python -m atlaslab.hub.singleuser`` (deferred rfc3987_syntax, no yarn probe), every extension.
+* ``launcher``: ``python -m atlaslab.workbench.singleuser`` (deferred rfc3987_syntax, no yarn probe), every extension.
 * ``launcher-course``: the launcher with what a course member's server loads (no formgrader, course list,
   jupyter_lsp).
 * ``launcher-no-course``: the launcher with what a user in no course loads (also no nbgrader student
@@ -40,7 +40,7 @@ BIN = Path(sys.executable).parent
 NBGRADER_INSTRUCTOR = ["nbgrader.server_extensions.formgrader", "nbgrader.server_extensions.course_list"]
 NBGRADER_STUDENT = ["nbgrader.server_extensions.assignment_list", "nbgrader.server_extensions.validate_assignment"]
 STOCK = [str(BIN / "jupyterhub-singleuser")]
-LAUNCHER = [sys.executable, "-m", "atlaslab.hub.singleuser"]
+LAUNCHER = [sys.executable, "-m", "atlaslab.workbench.singleuser"]
 
 
 def disable(*names: str) -> list[str]:

@@ -123,7 +123,7 @@ def test_a_student_is_offered_only_their_environments_and_refused_others(loaded,
 
 
 def _rules(loaded):
-    from atlaslab.hub.membership import access_rules, default_environments
+    from atlaslab.core.membership import access_rules, default_environments
 
     return access_rules(loaded), default_environments(loaded)
 

@@ -13,8 +13,8 @@ from traitlets.config import Config
 from atlaslab.config import LoadedConfig, load, parse
 from atlaslab.hub import apply as apply_mod
 from atlaslab.hub import membership, roles
-from atlaslab.hub.accounts import MAX_LEN, system_username
-from atlaslab.hub.state import StateDir
+from atlaslab.core.accounts import MAX_LEN, system_username
+from atlaslab.core.state import StateDir
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "examples" / "atlaslab.yaml"

@@ -13,7 +13,7 @@ from atlaslab.hub.auth import configure_authenticator
 from atlaslab.hub.auth.multi import MultiLoginAuthenticator
 from atlaslab.hub.auth.native import AtlasLabNativeAuthenticator
 from atlaslab.hub.auth.oauth import Intra42Authenticator, OIDCAuthenticator
-from atlaslab.hub.state import StateDir
+from atlaslab.core.state import StateDir
 
 TENANTS = "tenants: {school: {title: S, members: [amina]}, lab: {title: L}}\n"
 OIDC = """

@@ -10,7 +10,7 @@ import pytest
 from traitlets.config import Config
 
 from atlaslab.config import ConfigError, parse
-from atlaslab.hub.state import StateDir
+from atlaslab.core.state import StateDir
 from atlaslab.tracking import hub as tracking_hub
 from atlaslab.tracking import policy
 from atlaslab.tracking.policy import Member, Refused

@@ -62,7 +62,7 @@ def up(
     ] = False,
 ) -> None:
     """Start the whole workbench on this machine: proxy, hub and enabled services."""
-    from atlaslab.supervisor import LaunchError, Workbench
+    from atlaslab.cli.supervisor import LaunchError, Workbench
 
     loaded = load_or_exit(config)
     try:

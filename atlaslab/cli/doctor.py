@@ -11,10 +11,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from atlaslab.cli.supervisor import _port_free, find_proxy, read_pid
 from atlaslab.config import ConfigError, load
-from atlaslab.hub import limits
-from atlaslab.hub.state import StateDir
-from atlaslab.supervisor import _port_free, find_proxy, read_pid
+from atlaslab.core import cgroups
+from atlaslab.core.state import StateDir
 
 
 def run(config: Path | None, out: Console) -> int:
@@ -83,7 +83,7 @@ def run(config: Path | None, out: Console) -> int:
         report(True, "state dir", f"{state.root} will be created at first start")
 
     if os.geteuid() == 0:
-        mode = limits.cgroup_mode()
+        mode = cgroups.cgroup_mode()
         report(
             True if mode != "none" else None,
             "isolation",

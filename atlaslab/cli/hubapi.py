@@ -11,11 +11,11 @@ from rich.progress import Progress
 from rich.table import Table
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from atlaslab.cli.supervisor import read_pid
 from atlaslab.config import LoadedConfig
 from atlaslab.config.loader import read_roster
-from atlaslab.hub.membership import course_group, tenant_group
-from atlaslab.hub.state import StateDir
-from atlaslab.supervisor import read_pid
+from atlaslab.core.membership import course_group, tenant_group
+from atlaslab.core.state import StateDir
 
 
 def client(loaded: LoadedConfig) -> httpx.Client:

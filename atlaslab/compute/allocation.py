@@ -1,8 +1,8 @@
 """Which server holds which GPU: assignments by UUID, in SQLite so they survive hub restarts.
 
-Requests come from an environment's ``gpu`` setting: ``{"count": N}`` whole GPUs (exclusive), ``{"mig":
-"1g.10gb"}`` one MIG instance of that profile (exclusive), or ``{"shared": N}`` a seat on a GPU shared by at
-most N servers. A whole GPU is never given out while anyone holds it (exclusively or a shared seat), and a
+Requests are an environment's ``gpu`` setting (:class:`atlaslab.config.schema.GPURequest`): ``count`` whole GPUs
+(exclusive), one ``mig`` instance of that profile (exclusive), or a ``shared`` seat on a GPU shared by at most N
+servers. A whole GPU is never given out while anyone holds it (exclusively or a shared seat), and a
 shared GPU is filled before a fresh one is opened, so whole GPUs stay available.
 
 Every decision runs in one ``BEGIN IMMEDIATE`` transaction: concurrent spawns in one hub (threads) or in
@@ -18,10 +18,11 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from atlaslab.config.schema import GPURequest
 
 from . import sqlite
 from .gpus import GPU
@@ -48,30 +49,6 @@ class NoGpuFree(RuntimeError):
     """Nothing fits the request now; the message says what is busy."""
 
 
-@dataclass(frozen=True)
-class Request:
-    count: int = 0
-    mig: str | None = None
-    shared: int = 0
-
-    @classmethod
-    def from_env(cls, gpu: dict) -> Request:
-        if gpu.get("count"):
-            return cls(count=int(gpu["count"]))
-        if gpu.get("mig"):
-            return cls(mig=str(gpu["mig"]))
-        if gpu.get("shared"):
-            return cls(shared=int(gpu["shared"]))
-        raise ValueError(f"not a GPU request: {gpu!r}")
-
-    def describe(self) -> str:
-        if self.count:
-            return f"{self.count} whole GPU{'s' if self.count > 1 else ''}"
-        if self.mig:
-            return f"a {self.mig} GPU slice"
-        return f"a seat on a GPU shared by {self.shared}"
-
-
 class GpuAllocator:
     def __init__(self, db: str | Path, devices: Sequence[GPU]):
         self.db = Path(db)
@@ -83,7 +60,7 @@ class GpuAllocator:
 
     # ---- the one decision -------------------------------------------------------------------------------
 
-    def allocate(self, holder: str, request: Request) -> list[GPU]:
+    def allocate(self, holder: str, request: GPURequest) -> list[GPU]:
         """Devices for ``holder`` (replacing whatever it held); raises NoGpuFree with what is busy."""
         with self._tx() as conn:
             conn.execute("DELETE FROM assignments WHERE holder = ?", (holder,))
@@ -97,7 +74,7 @@ class GpuAllocator:
             )
             return chosen
 
-    def can_allocate(self, request: Request) -> bool:
+    def can_allocate(self, request: GPURequest) -> bool:
         """Whether ``request`` would be granted now (nothing is kept)."""
         with self._tx() as conn:
             self._free_dead(conn)
@@ -108,7 +85,7 @@ class GpuAllocator:
             return False
         return True
 
-    def _choose(self, request: Request, rows: list[tuple]) -> tuple[list[GPU], str, int]:
+    def _choose(self, request: GPURequest, rows: list[tuple]) -> tuple[list[GPU], str, int]:
         holders = Counter(uuid for uuid, *_ in rows)
         exclusive = {uuid for uuid, _, mode, _ in rows if mode == "exclusive"}
         seats = {uuid: s for uuid, _, mode, s in rows if mode == "shared"}
@@ -132,9 +109,9 @@ class GpuAllocator:
         fresh = [d for d in whole if not holders[d.uuid]]
         if not fresh:
             raise NoGpuFree(self._busy(request, whole, holders, exclusive))
-        return fresh[:1], "shared", request.shared
+        return fresh[:1], "shared", int(request.shared or 1)
 
-    def _busy(self, request: Request, pool: list[GPU], holders: Counter, exclusive: set[str]) -> str:
+    def _busy(self, request: GPURequest, pool: list[GPU], holders: Counter, exclusive: set[str]) -> str:
         if not pool:
             kind = f"no {request.mig} MIG slice" if request.mig else "no whole GPU"
             return f"This machine has {kind}, so {request.describe()} cannot be given."

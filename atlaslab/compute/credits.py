@@ -7,15 +7,79 @@ while every one of them has room, and it is warned and stopped by whichever runs
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
-from atlaslab.config.schema import Credits, Quota
+from atlaslab.config.schema import Credits, Environment, Quota
+from atlaslab.core.membership import Membership
 
 from .usage import Scope, UsageLedger
 
 KIND_LABEL = {"gpu": "GPU-hours", "cpu": "CPU-hours"}
 PERIOD_LABEL = {"day": "today", "week": "this week", "month": "this month", "year": "this year", "total": "in all"}
+
+
+@dataclass(frozen=True)
+class Charge:
+    """Who pays for something that runs (a user's server, a Dask worker) and what it holds while it runs.
+
+    The budgets it spends are its user's, its tenant's and each of its teams'; the spawner, the credits service
+    and the Dask Gateway all build one of these and hand it to the functions below.
+    """
+
+    user: str
+    tenant: str | None = None
+    teams: tuple[str, ...] = ()
+    environment: str = ""
+    gpus: float = 0.0  # GPUs held: whole GPUs, 1 for a MIG slice, 1/N for a seat on a shared GPU
+    cpus: float = 0.0
+
+    @classmethod
+    def of(cls, user: str, member: Membership, key: str = "", env: Environment | None = None) -> Charge:
+        """What a server or worker of environment ``key`` (``env``) started by ``user`` is charged to."""
+        gpus = env.gpu.share() if env is not None and env.gpu is not None else 0.0
+        cpus = float(env.cpu) if env is not None else 0.0
+        return cls(user, member.tenant, tuple(member.teams), key, gpus, cpus)
+
+    def scopes(self) -> list[Scope]:
+        """Where its usage is recorded (every scope, budget or not, for reports)."""
+        tenant = [("tenant", self.tenant)] if self.tenant else []
+        return [("user", self.user), *tenant, *(("team", t) for t in sorted(self.teams))]
+
+    def open_session(self, ledger: UsageLedger, holder: str) -> None:
+        """Start counting ``holder`` (a server, a worker) against this charge's budgets."""
+        ledger.open(holder, self.user, self.environment, self.cpus, self.gpus, self.scopes())
+
+    def per_worker(self, kind: str) -> float:
+        """What one of these spends of a budget of ``kind`` (gpu or cpu) per hour."""
+        return self.gpus if kind == "gpu" else self.cpus
+
+    def values(self) -> dict[str, str]:
+        """As text, for a cluster's environment or a pod's annotations (:meth:`from_values` reads it back)."""
+        return {
+            "user": self.user,
+            "environment": self.environment,
+            "tenant": self.tenant or "",
+            "teams": ",".join(self.teams),
+            "gpus": f"{self.gpus:g}",
+            "cpus": f"{self.cpus:g}",
+        }
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], prefix: str) -> Charge | None:
+        get = {k[len(prefix) :].lower(): v for k, v in values.items() if k.startswith(prefix)}
+        if not get.get("user"):
+            return None
+        return cls(
+            user=get["user"],
+            environment=get.get("environment", ""),
+            tenant=get.get("tenant") or None,
+            teams=tuple(t for t in get.get("teams", "").split(",") if t),
+            gpus=float(get.get("gpus") or 0),
+            cpus=float(get.get("cpus") or 0),
+        )
 
 
 @dataclass(frozen=True)
@@ -88,28 +152,21 @@ def _midnight(d: date) -> datetime:
     return datetime(d.year, d.month, d.day, tzinfo=UTC)
 
 
-def quotas_for(credits: Credits, user: str, tenant: str | None, teams: list[str]) -> list[tuple[Scope, Quota]]:
+def quotas_for(credits: Credits, charge: Charge) -> list[tuple[Scope, Quota]]:
     out: list[tuple[Scope, Quota]] = []
-    mine = credits.users.get(user) or credits.default_user
+    mine = credits.users.get(charge.user) or credits.default_user
     if mine is not None:
-        out.append((("user", user), mine))
-    if tenant and tenant in credits.tenants:
-        out.append((("tenant", tenant), credits.tenants[tenant]))
-    out += [(("team", t), credits.teams[t]) for t in sorted(teams) if t in credits.teams]
+        out.append((("user", charge.user), mine))
+    if charge.tenant and charge.tenant in credits.tenants:
+        out.append((("tenant", charge.tenant), credits.tenants[charge.tenant]))
+    out += [(("team", t), credits.teams[t]) for t in sorted(charge.teams) if t in credits.teams]
     return out
 
 
-def scopes_of(user: str, tenant: str | None, teams: list[str]) -> list[Scope]:
-    """Where a server's usage is recorded (every scope, budget or not, for reports)."""
-    return [("user", user), *([("tenant", tenant)] if tenant else []), *(("team", t) for t in sorted(teams))]
-
-
-def budgets(
-    ledger: UsageLedger, credits: Credits, user: str, tenant: str | None, teams: list[str], now: float
-) -> list[Budget]:
+def budgets(ledger: UsageLedger, credits: Credits, charge: Charge, now: float) -> list[Budget]:
     at = datetime.fromtimestamp(now, UTC)
     out = []
-    for scope, quota in quotas_for(credits, user, tenant, teams):
+    for scope, quota in quotas_for(credits, charge):
         start, end = window(quota.period, at, quota)
         used = ledger.usage(scope, start.timestamp(), (end or at + timedelta(days=1)).timestamp())
         renews = end if quota.period != "total" else None
@@ -119,12 +176,11 @@ def budgets(
     return out
 
 
-def spawn_refusal(
-    ledger: UsageLedger, credits: Credits, user: str, tenant: str | None, teams: list[str], gpus: float, now: float
-) -> str | None:
-    """Why this user may not start a server with ``gpus`` GPUs now, or None."""
+def spawn_refusal(ledger: UsageLedger, credits: Credits, charge: Charge, now: float) -> str | None:
+    """Why ``charge``'s user may not start something holding its GPUs now, or None."""
+    gpus = charge.gpus
     today = datetime.fromtimestamp(now, UTC).date()
-    for (kind, name), quota in quotas_for(credits, user, tenant, teams):
+    for (kind, name), quota in quotas_for(credits, charge):
         label = "Your budget" if kind == "user" else f"The budget of {kind} {name}"
         if quota.expires and today > quota.expires:
             return f"{label} ended on {quota.expires.isoformat()}; ask an administrator to extend it."
@@ -137,7 +193,7 @@ def spawn_refusal(
                     f"{label} allows {quota.max_gpus} GPU(s) at once and {held:g} are in use;"
                     " stop another GPU server or start a CPU environment."
                 )
-    for b in budgets(ledger, credits, user, tenant, teams, now):
+    for b in budgets(ledger, credits, charge, now):
         if (b.kind == "cpu" or gpus) and b.fraction >= credits.stop_at:
             what = "a CPU environment, or " if b.kind == "gpu" else ""
             return f"No credit left in {b.describe()}. Start {what}wait for the renewal, or ask for more."
@@ -161,21 +217,12 @@ class Verdict:
     over: list[Budget]  # budgets at or past stop_at
 
 
-def check_running(
-    ledger: UsageLedger,
-    credits: Credits,
-    user: str,
-    tenant: str | None,
-    teams: list[str],
-    gpus: float,
-    now: float,
-    runs: str = "server",
-) -> Verdict:
-    """Warnings and stop notices for what ``runs`` (see :data:`STOPS`) holding ``gpus`` GPUs; warnings are shared
+def check_running(ledger: UsageLedger, credits: Credits, charge: Charge, now: float, runs: str = "server") -> Verdict:
+    """Warnings and stop notices for what ``runs`` (see :data:`STOPS`) under ``charge``; warnings are shared
     (one per budget and level, whatever runs), stop notices are per kind."""
     notices, over = [], []
-    for b in budgets(ledger, credits, user, tenant, teams, now):
-        if b.kind == "gpu" and not gpus:
+    for b in budgets(ledger, credits, charge, now):
+        if b.kind == "gpu" and not charge.gpus:
             continue
         if b.fraction >= credits.stop_at:
             over.append(b)
@@ -197,24 +244,17 @@ def check_running(
 
 
 def enforce(
-    ledger: UsageLedger,
-    credits: Credits,
-    user: str,
-    tenant: str | None,
-    teams: list[str],
-    gpus: float,
-    now: float,
-    runs: str = "server",
+    ledger: UsageLedger, credits: Credits, charge: Charge, now: float, runs: str = "server"
 ) -> tuple[list[str], Budget | None]:
     """One running check: record the verdict's notices (each once) and say which spent budget's grace is over.
 
     Returns the messages recorded now and the budget to stop for (None: keep running). The grace runs from the stop
     notice's time in the ledger, so a restart of whoever checks neither loses nor restarts the deadline.
     """
-    verdict = check_running(ledger, credits, user, tenant, teams, gpus, now, runs)
-    recorded = [message for key, level, message in verdict.notices if ledger.notify(user, key, level, message)]
+    verdict = check_running(ledger, credits, charge, now, runs)
+    recorded = [message for key, level, message in verdict.notices if ledger.notify(charge.user, key, level, message)]
     for b in verdict.over:
-        noticed = ledger.notice_time(user, stop_key(b, runs))
+        noticed = ledger.notice_time(charge.user, stop_key(b, runs))
         if noticed is not None and now - noticed >= float(credits.grace):
             return recorded, b
     return recorded, None

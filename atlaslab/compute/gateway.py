@@ -11,8 +11,9 @@ Three places use this module:
 
 * the gateway pod: ``dask-gateway-server --config F`` with F calling :func:`configure_gateway` (and
   ``dask-gateway-server kube-controller --config F`` with the same F);
-* the hub pod: :func:`configure_hub` registers the gateway as a JupyterHub service, lets users' tokens reach it and
-  tells users' pods where it is (``DASK_GATEWAY__ADDRESS``, read by :func:`atlaslab.compute.cluster`);
+* the hub pod: :func:`atlaslab.compute.hubpart.gateway_part` registers the gateway as a JupyterHub service, lets
+  users' tokens reach it and tells users' pods where it is (``DASK_GATEWAY__ADDRESS``, read by
+  :func:`atlaslab.compute.cluster`);
 * tests, which run a real dask-gateway-server on 127.0.0.1 with a local backend.
 """
 
@@ -24,20 +25,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from traitlets.config import Config
 
 from atlaslab.compute import credits as credits_mod
+from atlaslab.compute.credits import Charge
 from atlaslab.compute.usage import UsageLedger
 from atlaslab.config import LoadedConfig
+from atlaslab.config.mounted import load_mounted
+from atlaslab.config.mounted import state_dir as mounted_state_dir
 from atlaslab.config.schema import Credits, Environment, Kubernetes
-from atlaslab.hub.kube import gpu_limits, scheduling, tenant_namespace
-from atlaslab.hub.membership import access_rules, allowed_environments, default_environments
+from atlaslab.core.kube import gpu_limits, scheduling, tenant_namespace
+from atlaslab.core.membership import Membership, access_rules, allowed_environments, default_environments
 
-SERVICE_NAME = "dask-gateway"
+SERVICE_NAME = "dask-gateway"  # as atlaslab.compute.hubpart registers it
 # A budget's remaining hours must pay every worker of a cluster for this long: a student with 1 GPU-hour left
 # gets at most 2 one-GPU workers, not 60 workers that would spend it in a minute and be stopped mid-computation.
 MIN_WORKER_HOURS = 0.5
@@ -47,10 +50,7 @@ SCHEDULER_CORES = 1
 SCHEDULER_MEMORY = 2 * 1024**3
 IDLE_TIMEOUT = 1800  # seconds: a forgotten cluster's workers stop counting against the budget
 ANNOTATION = "atlaslab.io/"
-# Where the gateway pod finds the site (the hub's ConfigMap) and the ledger (the hub's volume).
-SITE_DIR_ENV, STATE_DIR_ENV = "ATLASLAB_SITE_DIR", "ATLASLAB_STATE_DIR"
-# The hub pod's environment variable holding the gateway's API token (chart Secret atlaslab-service-tokens).
-TOKEN_ENV = "ATLASLAB_GATEWAY_TOKEN"
+CHARGE_ENV = "ATLASLAB_CHARGE_"
 
 
 class Refused(ValueError):
@@ -58,25 +58,6 @@ class Refused(ValueError):
 
 
 # ---- who, which environment, which worker -------------------------------------------------------------------
-
-
-def membership(groups: list[str]) -> tuple[str | None, list[str]]:
-    """The tenant and teams a user's usage is charged to, read from hub groups as the spawner does."""
-    tenants = sorted(g.split(":", 1)[1] for g in groups if g.startswith("tenant:") and g.count(":") == 1)
-    teams = sorted(g.split(":", 1)[1] for g in groups if g.startswith("team:"))
-    return (tenants[0] if tenants else None), teams
-
-
-def gpu_share(env: Environment) -> float:
-    """GPUs one worker of ``env`` counts for: whole GPUs, 1 for a MIG slice, 1/N for a seat on a shared GPU."""
-    gpu = env.gpu
-    if gpu is None:
-        return 0.0
-    if gpu.count:
-        return float(gpu.count)
-    if gpu.mig:
-        return 1.0
-    return 1.0 / float(gpu.shared or 1)
 
 
 def allowed_for(loaded: LoadedConfig, groups: list[str], admin: bool) -> list[str]:
@@ -144,7 +125,7 @@ def gpu_room(ledger: UsageLedger, credits: Credits, charge: Charge) -> int | Non
     the ledger holds them) under the concurrent-GPU limits (``max_gpus``); None: no such limit applies."""
     room: int | None = None
     gpus = charge.gpus
-    for scope, quota in credits_mod.quotas_for(credits, charge.user, charge.tenant, charge.teams):
+    for scope, quota in credits_mod.quotas_for(credits, charge):
         if gpus and quota.max_gpus is not None:
             free = max(0, math.floor((quota.max_gpus - ledger.gpus_held(scope)) / gpus + 1e-9))
             room = free if room is None else min(room, free)
@@ -163,7 +144,7 @@ def hours_room(ledger: UsageLedger, credits: Credits, charge: Charge, now: float
     hours of this kind."""
     room: int | None = None
     held = dict(zip(("gpu", "cpu"), committed(ledger, charge.user), strict=True))
-    for b in credits_mod.budgets(ledger, credits, charge.user, charge.tenant, charge.teams, now):
+    for b in credits_mod.budgets(ledger, credits, charge, now):
         per_worker = charge.per_worker(b.kind)
         if not per_worker:
             continue
@@ -193,12 +174,12 @@ def refusal(
 ) -> str | None:
     """Why this user may not have a cluster of such workers now: the spawn page's reason, or, when the budget
     has room for a server but not for one worker, the same words with how much a worker needs."""
-    why = credits_mod.spawn_refusal(ledger, credits, charge.user, charge.tenant, charge.teams, charge.gpus, now)
+    why = credits_mod.spawn_refusal(ledger, credits, charge, now)
     if why:
         return why
     if worker_limit(ledger, credits, charge, now, cap) >= 1:
         return None
-    for b in credits_mod.budgets(ledger, credits, charge.user, charge.tenant, charge.teams, now):
+    for b in credits_mod.budgets(ledger, credits, charge, now):
         per_worker = charge.per_worker(b.kind)
         if per_worker and b.limit * credits.stop_at - b.used < per_worker * MIN_WORKER_HOURS:
             what = "a CPU environment, or " if b.kind == "gpu" else ""
@@ -231,8 +212,7 @@ def cluster_config(
     if requested not in allowed:
         raise Refused(forbidden(requested, allowed))
     env = site.environments[requested]
-    tenant, teams = membership(groups)
-    charge = Charge(user, requested, tenant, teams, gpu_share(env), float(env.cpu))
+    charge = Charge.of(user, Membership.of(groups), requested, env)
     limit = cap
     if ledger is not None:
         why = refusal(ledger, site.credits, charge, now, cap)
@@ -250,7 +230,7 @@ def cluster_config(
     # Who pays, read back by the usage hook from the worker pod (KubeBackend) or the cluster config (local).
     values = charge.values()
     config["worker_extra_pod_annotations"] = {ANNOTATION + k: v for k, v in values.items()}
-    config["environment"].update({f"ATLASLAB_CHARGE_{k.upper()}": v for k, v in values.items()})
+    config["environment"].update({f"{CHARGE_ENV}{k.upper()}": v for k, v in values.items()})
     return config
 
 
@@ -325,53 +305,14 @@ def holder(user: str, cluster: str, worker: str) -> str:
     return f"{user}/dask/{cluster}/{worker}"
 
 
-@dataclass(frozen=True)
-class Charge:
-    """Who a worker is charged to, as the options handler wrote it (server-side: the user cannot change it)."""
+def charge_of_cluster(config: Mapping[str, Any]) -> Charge | None:
+    """Who a local cluster's workers are charged to, as :func:`cluster_config` wrote it into its environment."""
+    return Charge.from_values(dict(config.get("environment") or {}), CHARGE_ENV)
 
-    user: str
-    environment: str
-    tenant: str | None
-    teams: list[str]
-    gpus: float
-    cpus: float
 
-    def per_worker(self, kind: str) -> float:
-        """What one worker spends of a budget of ``kind`` (gpu or cpu) per hour."""
-        return self.gpus if kind == "gpu" else self.cpus
-
-    def values(self) -> dict[str, str]:
-        """As written into the cluster's environment and the worker pods' annotations (:meth:`from_values`)."""
-        return {
-            "user": self.user,
-            "environment": self.environment,
-            "tenant": self.tenant or "",
-            "teams": ",".join(self.teams),
-            "gpus": f"{self.gpus:g}",
-            "cpus": f"{self.cpus:g}",
-        }
-
-    @classmethod
-    def from_values(cls, values: Mapping[str, str], prefix: str) -> Charge | None:
-        get = {k[len(prefix) :].lower(): v for k, v in values.items() if k.startswith(prefix)}
-        if not get.get("user"):
-            return None
-        return cls(
-            user=get["user"],
-            environment=get.get("environment", ""),
-            tenant=get.get("tenant") or None,
-            teams=[t for t in get.get("teams", "").split(",") if t],
-            gpus=float(get.get("gpus") or 0),
-            cpus=float(get.get("cpus") or 0),
-        )
-
-    @classmethod
-    def from_cluster_config(cls, config: Mapping[str, Any]) -> Charge | None:
-        return cls.from_values(dict(config.get("environment") or {}), "ATLASLAB_CHARGE_")
-
-    @classmethod
-    def from_pod(cls, pod: Mapping[str, Any]) -> Charge | None:
-        return cls.from_values(dict(pod.get("metadata", {}).get("annotations") or {}), ANNOTATION)
+def charge_of_pod(pod: Mapping[str, Any]) -> Charge | None:
+    """Who a worker pod is charged to, from the annotations :func:`cluster_config` gave it."""
+    return Charge.from_values(dict(pod.get("metadata", {}).get("annotations") or {}), ANNOTATION)
 
 
 class UsageRecorder:
@@ -382,10 +323,7 @@ class UsageRecorder:
         self.ledger = ledger
 
     def started(self, charge: Charge, cluster: str, worker: str) -> None:
-        scopes = credits_mod.scopes_of(charge.user, charge.tenant, charge.teams)
-        self.ledger.open(
-            holder(charge.user, cluster, worker), charge.user, charge.environment, charge.cpus, charge.gpus, scopes
-        )
+        charge.open_session(self.ledger, holder(charge.user, cluster, worker))
 
     def stopped(self, user: str, cluster: str, worker: str) -> None:
         self.ledger.close(holder(user, cluster, worker))
@@ -406,9 +344,7 @@ def running_check(
     """A running cluster's budget check, under the rule servers follow (:func:`credits.enforce`): the notices
     recorded now (warnings shared with the user's servers, a stop notice of its own), and, once a budget its workers
     are charged to has been spent for the grace, why it stops (recorded as a "stopped" notice), else None."""
-    recorded, spent = credits_mod.enforce(
-        ledger, credits, charge.user, charge.tenant, charge.teams, charge.gpus, now, runs="dask"
-    )
+    recorded, spent = credits_mod.enforce(ledger, credits, charge, now, runs="dask")
     if spent is None:
         return recorded, None
     why = f"Your Dask cluster {cluster} was stopped: no credit left in {spent.describe()}."
@@ -425,11 +361,7 @@ def ledger_path(state_dir: Path) -> Path:
 
 def load_site(env: Mapping[str, str]) -> LoadedConfig:
     """The site as the hub pod mounts it (``/etc/atlaslab``), materialised in a private directory."""
-    from atlaslab.config import load
-    from atlaslab.hub.incluster import DEFAULT_SITE_DIR, materialise
-
-    mounted = Path(env.get(SITE_DIR_ENV) or DEFAULT_SITE_DIR)
-    return load(materialise(mounted, Path(tempfile.mkdtemp(prefix="atlaslab-site-"))), check_secrets=False)
+    return load_mounted(dict(env), Path(tempfile.mkdtemp(prefix="atlaslab-site-")), check_secrets=False)
 
 
 def configure_gateway(
@@ -443,12 +375,9 @@ def configure_gateway(
     ``backend``: ``kube`` (KubeBackend in the user's tenant's namespace, and the controller that counts worker
     pods) or ``local`` (worker processes on this machine, for tests and single machines).
     """
-    from atlaslab.hub.incluster import DEFAULT_STATE_DIR
-
     env = dict(os.environ if env is None else env)
     loaded = loaded or load_site(env)
-    state_dir = Path(env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
-    db = ledger_path(state_dir)
+    db = ledger_path(mounted_state_dir(env))
     cap = int(env.get("ATLASLAB_GATEWAY_MAX_WORKERS") or DEFAULT_MAX_WORKERS)
 
     def ledger() -> UsageLedger | None:
@@ -481,25 +410,3 @@ def configure_gateway(
         c.LocalBackend.cluster_options = ClusterOptions(loaded, ledger, traits, dask=dask, cap=cap, whole_cores=True)
         c.LocalBackend.ledger_path = str(db)
     return loaded
-
-
-def configure_hub(c: Config, token: str, address: str, proxy_address: str) -> None:
-    """The hub pod's side: the gateway as a JupyterHub service with ``token`` (from the chart's Secret), users'
-    tokens and their servers' allowed to reach it (dask-gateway checks that scope), and users' pods told where it
-    is: ``address`` (its API) and ``proxy_address`` (the TLS proxy in front of the schedulers).
-
-    No ``url``: the hub's proxy would forward ``/services/dask-gateway/...`` with that prefix, which the gateway's
-    API does not serve; users' pods reach the API at its Service instead."""
-    from atlaslab.hub import scopes
-
-    service = {"name": SERVICE_NAME, "api_token": token, "display": False}
-    c.JupyterHub.services = scopes.replace_named(c.JupyterHub.get("services"), [service], {SERVICE_NAME})
-    scopes.grant_users_access(c, SERVICE_NAME)
-    current = c.KubeSpawner.get("environment")
-    c.KubeSpawner.environment = {
-        **(current if isinstance(current, dict) else {}),
-        # dask-gateway's client configuration (dask config from the environment), and atlaslab.compute.cluster().
-        "DASK_GATEWAY__ADDRESS": address,
-        "DASK_GATEWAY__PROXY_ADDRESS": proxy_address,
-        "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
-    }

@@ -54,7 +54,7 @@ class LedgerMixin(LoggingConfigurable):
     def budget_stop(self, config: dict, cluster: str) -> str | None:
         """Why ``cluster`` must stop now (its user's budget has been spent for the grace), or None; warnings and
         the stop notice are recorded for the user's session on the way."""
-        charge = gateway.Charge.from_cluster_config(config)
+        charge = gateway.charge_of_cluster(config)
         recorder = self.recorder()
         loaded = getattr(self, "site", None)
         if charge is None or recorder is None or loaded is None:
@@ -66,7 +66,7 @@ class LedgerMixin(LoggingConfigurable):
 
     def allowed_count(self, config: dict, cluster: str, asked: int) -> int:
         """``asked`` workers, less what the user's budgets do not leave for this cluster now."""
-        charge = gateway.Charge.from_cluster_config(config)
+        charge = gateway.charge_of_cluster(config)
         recorder = self.recorder()
         if charge is None or recorder is None:
             return asked
@@ -116,7 +116,7 @@ class _LocalUsage(LedgerMixin):
         async for state in super().do_start_worker(worker):  # type: ignore[misc]
             yield state
         # The process exists now: it runs (and counts) until do_stop_worker or the cluster's stop.
-        charge = gateway.Charge.from_cluster_config(worker.cluster.config)
+        charge = gateway.charge_of_cluster(worker.cluster.config)
         recorder = self.recorder()
         if charge is not None and recorder is not None:
             await asyncio.to_thread(recorder.started, charge, worker.cluster.name, worker.name)
@@ -134,7 +134,7 @@ class _LocalUsage(LedgerMixin):
             await self._close(cluster, None)
 
     async def _close(self, cluster, workers: list[str] | None) -> None:
-        charge = gateway.Charge.from_cluster_config(cluster.config)
+        charge = gateway.charge_of_cluster(cluster.config)
         recorder = self.recorder()
         if charge is None or recorder is None:
             return
@@ -187,7 +187,7 @@ def worker_pod_event(pod: dict, deleted: bool = False) -> tuple[str, gateway.Cha
     if labels.get("app.kubernetes.io/component") != "dask-worker":
         return None
     key = get_cluster_key(pod)
-    charge = gateway.Charge.from_pod(pod)
+    charge = gateway.charge_of_pod(pod)
     if key is None or charge is None:
         return None
     name = pod["metadata"]["name"]

@@ -15,12 +15,9 @@ Environment: ATLASLAB_CONFIG (the site config; empty: embedded defaults), beside
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from urllib.parse import urlparse
 
-from jupyterhub.services.auth import HubAuth
 from tornado import web
 from tornado.httpserver import HTTPServer
 
@@ -28,53 +25,33 @@ from atlaslab.compute import credits as credits_mod
 from atlaslab.compute.allocation import GpuAllocator
 from atlaslab.compute.usage import UsageLedger
 from atlaslab.config import LoadedConfig, load
-from atlaslab.grading.exchange.api import AUTH_HEADER
-from atlaslab.serving import run_service, serve_until_stopped
+from atlaslab.core.membership import Membership
+from atlaslab.core.serviceauth import HealthHandler, ServiceHandler
+from atlaslab.core.serving import hub_auth, run_service, serve_until_stopped, service_address
 
 log = logging.getLogger("atlaslab.credits")
 SERVICE_NAME = "credits"
 
 
-class CreditsHandler(web.RequestHandler):
-    def initialize(self, loaded: LoadedConfig, hub_auth: HubAuth) -> None:
-        self.loaded, self.hub_auth = loaded, hub_auth
+class CreditsHandler(ServiceHandler):
+    services_allowed = False
 
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-
-    def check_xsrf_cookie(self) -> None:
-        """Tokens only, never cookies."""
-
-    def fail(self, status: int, message: str) -> None:
-        self.set_status(status)
-        self.finish(json.dumps({"status": status, "error": message}))
+    def initialize(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded
 
     async def get(self) -> None:
-        m = AUTH_HEADER.match(self.request.headers.get("Authorization", ""))
-        if not m:
-            return self.fail(401, "no token: send 'Authorization: token <your JupyterHub API token>'")
-        model = await self.hub_auth.user_for_token(m.group(1), sync=False)
-        if not model or model.get("kind") == "service":
-            return self.fail(403, "the hub does not accept this token as a user's")
-        if not self.hub_auth.check_scopes(self.hub_auth.access_scopes, model):
-            return self.fail(403, "this token does not grant access to the credits service")
-        report = await asyncio.to_thread(self.report, model["name"], model.get("groups") or [])
-        self.finish(json.dumps(report))
+        report = await asyncio.to_thread(self.report, self.model["name"], self.model.get("groups") or [])
+        self.reply(report)
 
     def report(self, user: str, groups: list[str]) -> dict:
-        tenants = sorted(g.split(":", 1)[1] for g in groups if g.startswith("tenant:") and g.count(":") == 1)
-        teams = sorted(g.split(":", 1)[1] for g in groups if g.startswith("team:"))
-        tenant = tenants[0] if tenants else None
+        member = Membership.of(groups)
+        charge = credits_mod.Charge.of(user, member)
         compute = self.loaded.state_dir / "compute"
         budgets: list[dict] = []
         notices: list[dict] = []
         if (compute / "usage.sqlite").exists():
             ledger = UsageLedger(compute / "usage.sqlite")
-            budgets = [
-                b.as_dict()
-                for b in credits_mod.budgets(ledger, self.loaded.site.credits, user, tenant, teams, time.time())
-            ]
+            budgets = [b.as_dict() for b in credits_mod.budgets(ledger, self.loaded.site.credits, charge, time.time())]
             notices = ledger.notices(user, since=time.time() - 31 * 86400)
         gpus: list[str] = []
         if (compute / "gpus.sqlite").exists():
@@ -83,8 +60,8 @@ class CreditsHandler(web.RequestHandler):
         credits = self.loaded.site.credits
         return {
             "user": user,
-            "tenant": tenant,
-            "teams": teams,
+            "tenant": member.tenant,
+            "teams": list(member.teams),
             "budgets": budgets,
             "warn_at": credits.warn_at,
             "stop_at": credits.stop_at,
@@ -93,38 +70,24 @@ class CreditsHandler(web.RequestHandler):
         }
 
 
-class HealthHandler(web.RequestHandler):
-    def get(self) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"service": "atlaslab-credits", "api": "v1"}))
-
-
-def make_app(loaded: LoadedConfig, hub_auth: HubAuth, prefix: str) -> web.Application:
+def make_app(loaded: LoadedConfig, hub_auth, prefix: str) -> web.Application:
     prefix = prefix if prefix.endswith("/") else prefix + "/"
-    kw = {"loaded": loaded, "hub_auth": hub_auth}
     return web.Application(
         [
-            (prefix.rstrip("/") + r"/?", HealthHandler),
-            (prefix + r"api/v1/me", CreditsHandler, kw),
-        ]
+            (prefix.rstrip("/") + r"/?", HealthHandler, {"name": "atlaslab-credits"}),
+            (prefix + r"api/v1/me", CreditsHandler, {"loaded": loaded}),
+        ],
+        hub_auth=hub_auth,
+        service_title="the credits service",
     )
 
 
 async def serve(env: dict) -> None:
     loaded = load(env.get("ATLASLAB_CONFIG") or None, check_secrets=False)
-    name = env.get("JUPYTERHUB_SERVICE_NAME") or SERVICE_NAME
-    hub_auth = HubAuth(
-        api_token=env.get("JUPYTERHUB_API_TOKEN", ""),
-        api_url=env.get("JUPYTERHUB_API_URL") or "http://127.0.0.1:8081/hub/api",
-        cache_max_age=5,
-        access_scopes={f"access:services!service={name}"},
-    )
-    url = urlparse(env.get("JUPYTERHUB_SERVICE_URL") or "http://127.0.0.1:10103")
-    prefix = env.get("JUPYTERHUB_SERVICE_PREFIX") or f"/services/{name}/"
-    log.info("AtlasLab credits listening on %s%s", url.geturl(), prefix)
-    await serve_until_stopped(
-        HTTPServer(make_app(loaded, hub_auth, prefix)), url.hostname or "127.0.0.1", url.port or 80
-    )
+    where = service_address(env, SERVICE_NAME, 10103)
+    log.info("AtlasLab credits listening on http://%s:%d%s", where.host, where.port, where.prefix)
+    app = make_app(loaded, hub_auth(env, where.name), where.prefix)
+    await serve_until_stopped(HTTPServer(app), where.host, where.port)
 
 
 def main() -> None:

@@ -356,6 +356,21 @@ class GPURequest(Model):
             raise ValueError(f"give exactly one of `count`, `mig` or `shared` (got {got})")
         return self
 
+    def share(self) -> float:
+        """GPUs a server or worker holding this counts for: whole GPUs, 1 for a MIG slice, 1/N for a shared seat."""
+        if self.count:
+            return float(self.count)
+        if self.mig:
+            return 1.0
+        return 1.0 / float(self.shared or 1)
+
+    def describe(self) -> str:
+        if self.count:
+            return f"{self.count} whole GPU{'s' if self.count > 1 else ''}"
+        if self.mig:
+            return f"a {self.mig} GPU slice"
+        return f"a seat on a GPU shared by {self.shared}"
+
 
 class Environment(Model):
     """What a user may start: CPU, memory, process and GPU limits of one server and its kernels."""

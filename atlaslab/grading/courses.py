@@ -12,9 +12,9 @@ import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
+from atlaslab.core.accounts import ensure_service_account
+from atlaslab.core.state import write_private
 from atlaslab.grading.feedback import feedback_preprocessors
-from atlaslab.hub.accounts import ensure_service_account
-from atlaslab.hub.state import write_private
 
 GRADER_PREFIX = "grader-"
 NBGRADER_CONFIG = """\

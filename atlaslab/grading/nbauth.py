@@ -7,21 +7,10 @@ Roster changes go through the site config or `atlaslab users import`, not throug
 
 from __future__ import annotations
 
-import re
-
 from nbgrader.auth.base import BaseAuthPlugin
 from nbgrader.auth.jupyterhub import JupyterhubEnvironmentError, _query_jupyterhub_api
 
-COURSE_GROUP = re.compile(r"^course:(?P<course>[a-z0-9][a-z0-9_-]*):(?P<role>students|instructors|tas)$")
-
-
-def courses_from_groups(groups: list[str], roles: tuple[str, ...] = ("students", "instructors", "tas")) -> list[str]:
-    found = []
-    for group in groups:
-        m = COURSE_GROUP.match(group)
-        if m and m["role"] in roles and m["course"] not in found:
-            found.append(m["course"])
-    return found
+from atlaslab.core.membership import Membership
 
 
 class HubGroupsAuthPlugin(BaseAuthPlugin):
@@ -31,7 +20,7 @@ class HubGroupsAuthPlugin(BaseAuthPlugin):
             model = _query_jupyterhub_api("GET", f"/users/{user}")
         except JupyterhubEnvironmentError:
             return None
-        return courses_from_groups(model.get("groups", []))
+        return sorted(Membership.of(model.get("groups") or []).courses)
 
     def add_student_to_course(self, student_id: str, course_id: str) -> None:
         self.log.info("Course membership comes from the AtlasLab site config; not adding %s here", student_id)

@@ -61,7 +61,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from atlaslab.hub import limits as hublimits
+from atlaslab.core import cgroups
 
 SANDBOX_PREFIX = "atlaslab-sandbox-"
 EXECUTOR_PREFIX = "atlaslab-executor-"
@@ -246,65 +246,15 @@ def _hideable(path: str) -> bool:
     return not any(_under(c, real) for c in _critical_paths())
 
 
-def cgroup_dirs(slot: int, root: Path = hublimits.CGROUP_ROOT) -> list[Path]:
-    mode = hublimits.cgroup_mode(root)
-    name = f"{CGROUP_PREFIX}{slot}"
-    if mode == "v2":
-        return [root / hublimits.PARENT / name]
-    if mode == "v1":
-        return [root / c / hublimits.PARENT / name for c in ("memory", "cpu", "pids")]
-    return []
+def slot_cgroup(slot: int) -> str:
+    return f"{CGROUP_PREFIX}{slot}"
 
 
-def prepare_slot_cgroup(slot: int, limits: SandboxLimits, root: Path = hublimits.CGROUP_ROOT) -> list[Path]:
+def prepare_slot_cgroup(slot: int, limits: SandboxLimits) -> list[Path]:
     """Create or update slot ``slot``'s cgroup (memory without swap, CPU quota, pids); [] without cgroups."""
-    mode = hublimits.cgroup_mode(root)
-    dirs = cgroup_dirs(slot, root)
-    quota = str(max(1000, int(limits.cpu * 100000)))
-    pids = str(limits.processes + 32)  # the executor's threads and the kernel's own threads count too
-    if mode == "v2":
-        parent = root / hublimits.PARENT
-        parent.mkdir(exist_ok=True)
-        with contextlib.suppress(OSError):
-            (parent / "cgroup.subtree_control").write_text("+memory +cpu +pids")
-        group = dirs[0]
-        group.mkdir(exist_ok=True)
-        (group / "memory.max").write_text(str(limits.memory))
-        with contextlib.suppress(OSError):
-            (group / "memory.swap.max").write_text("0")
-        (group / "cpu.max").write_text(f"{quota} 100000")
-        (group / "pids.max").write_text(pids)
-    elif mode == "v1":
-        for d in dirs:
-            d.mkdir(parents=True, exist_ok=True)
-        mem = dirs[0]
-        # memsw must stay >= the memory limit at every step: lift it, set the limit, then bring it down.
-        with contextlib.suppress(OSError):
-            (mem / "memory.memsw.limit_in_bytes").write_text("-1")
-        try:
-            (mem / "memory.limit_in_bytes").write_text(str(limits.memory))
-        except OSError:
-            with contextlib.suppress(OSError):
-                (mem / "memory.force_empty").write_text("0")
-            (mem / "memory.limit_in_bytes").write_text(str(limits.memory))
-        with contextlib.suppress(OSError):
-            (mem / "memory.memsw.limit_in_bytes").write_text(str(limits.memory))
-        (dirs[1] / "cpu.cfs_period_us").write_text("100000")
-        (dirs[1] / "cpu.cfs_quota_us").write_text(quota)
-        (dirs[2] / "pids.max").write_text(pids)
-    return dirs
-
-
-def oom_kills(dirs: list[str] | tuple[str, ...]) -> int:
-    """How many processes the kernel's OOM killer has killed in this cgroup so far."""
-    for d in dirs:
-        for name in ("memory.events", "memory.oom_control"):
-            with contextlib.suppress(OSError):
-                for line in Path(d, name).read_text().splitlines():
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        return int(value)
-    return 0
+    # The executor's threads and the kernel's own threads count against the pids limit too.
+    wanted = cgroups.ResourceLimits(memory=limits.memory, cpu=limits.cpu, processes=limits.processes + 32)
+    return cgroups.prepare(slot_cgroup(slot), wanted)
 
 
 def _ensure_account(name: str, comment: str) -> pwd.struct_passwd:
@@ -713,7 +663,7 @@ def _zygote_main() -> None:
                 if old is not None:
                     os.close(old)
                 pidfds[slot["index"]] = os.pidfd_open(pid)
-                reply = {"pid": pid, "oom": oom_kills(slot["cgroups"])}
+                reply = {"pid": pid, "oom": cgroups.oom_kills(slot["cgroups"])}
             elif op == "cleanup":
                 slot = slots[req["slot"]]
                 pidfd = pidfds.pop(slot["index"], None)
@@ -722,7 +672,7 @@ def _zygote_main() -> None:
                         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                     os.close(pidfd)
                 _clean_slot(slot)
-                reply = {"ok": True, "oom": oom_kills(slot["cgroups"])}
+                reply = {"ok": True, "oom": cgroups.oom_kills(slot["cgroups"])}
             else:
                 reply = {"error": f"unknown request {op!r}"}
         except Exception as e:  # the trusted side reports it; the zygote keeps serving
@@ -799,21 +749,8 @@ def _clean_slot(slot: dict) -> None:
             shutil.rmtree(path, ignore_errors=True)
     _kill_account(slot.get("uid"))
     _kill_account(slot.get("exec_uid"))
-    dirs = [Path(d) for d in slot.get("cgroups", ())]
-    for _ in range(400):  # up to ~2 s for the kernel to finish dying
-        pids = hublimits.cgroup_pids(dirs)
-        live = []
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state not in ("Z", "X"):
-                    live.append(pid)
-        if not live:
-            return
-        for pid in live:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.005)
+    # Up to ~2 s for the kernel to finish dying.
+    cgroups.kill_members(tuple(slot.get("cgroups", ())), timeout=2.0)
 
 
 # ------------------------------------------------------------------------------------------- supervisor
@@ -836,7 +773,7 @@ def _supervisor(sock: socket.socket, slot: dict) -> None:
         isolate = header["isolate"]
         if isolate:
             if slot["cgroups"]:
-                hublimits.join_cgroups([Path(d) for d in slot["cgroups"]])
+                cgroups.join(slot["cgroups"])
             with contextlib.suppress(OSError):  # needs CAP_SYS_RESOURCE; the kernel's 1000 is what matters
                 Path("/proc/self/oom_score_adj").write_text("-1000")
             _enter_namespaces(lim, header["hidden"])

@@ -30,14 +30,14 @@ import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubAuth
 from tornado import web
 from tornado.httpserver import HTTPServer
 
-from atlaslab.grading.exchange.api import ApiError, ApiHandler
-from atlaslab.serving import run_service, serve_until_stopped
+from atlaslab.core.serviceauth import HealthHandler, ServiceError
+from atlaslab.core.serving import ServiceAddress, env_int, hub_auth, run_service, serve_until_stopped, service_address
+from atlaslab.grading.exchange.api import ApiHandler
 
 log = logging.getLogger("atlaslab.autograder")
 SERVICE_NAME = "autograder"
@@ -66,26 +66,20 @@ def grade_command(ctx: GradeContext, course: str, assignment: str, students: lis
     return cmd
 
 
-class HealthHandler(web.RequestHandler):
-    def get(self) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"service": "atlaslab-autograder", "api": "v1"}))
-
-
 class GradeHandler(ApiHandler):
     ctx: GradeContext  # type: ignore[assignment]
 
     async def post(self, course: str, assignment: str) -> None:
         course, assignment = self.ident(course, "course"), self.ident(assignment, "assignment")
         self.require_staff(course, "autograde its submissions")
-        body = self._body()
+        body = self.json_body(MAX_BODY)
         students = body.get("students") or []
         if not isinstance(students, list) or not all(isinstance(s, str) for s in students):
-            raise ApiError(400, "'students' must be a list of student ids")
+            raise ServiceError(400, "'students' must be a list of student ids")
         students = [self.ident(s, "student") for s in students]
         force = body.get("force", False)
         if not isinstance(force, bool):
-            raise ApiError(400, "'force' must be true or false")
+            raise ServiceError(400, "'force' must be true or false")
         cmd = grade_command(self.ctx, course, assignment, students, force)
         who = f"{self.caller.kind} {self.caller.name}"
         log.info("%s grades %s/%s%s", who, course, assignment, f" for {', '.join(students)}" if students else "")
@@ -95,19 +89,6 @@ class GradeHandler(ApiHandler):
             )
             out, err = await proc.communicate()
         self.reply(grade_result(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")))
-
-    def _body(self) -> dict:
-        if len(self.request.body) > MAX_BODY:
-            raise ApiError(413, "request body too large")
-        if not self.request.body.strip():
-            return {}
-        try:
-            body = json.loads(self.request.body)
-        except ValueError:
-            raise ApiError(400, "the request body is not JSON") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "the request body must be a JSON object")
-        return body
 
 
 def grade_result(returncode: int, stdout: str, stderr: str) -> dict:
@@ -139,39 +120,27 @@ def make_app(ctx: GradeContext, prefix: str) -> web.Application:
         prefix += "/"
     kw = {"ctx": ctx}
     routes = [
-        (prefix.rstrip("/") + r"/?", HealthHandler),
+        (prefix.rstrip("/") + r"/?", HealthHandler, {"name": "atlaslab-autograder"}),
         (prefix + r"api/v1/courses/(?P<course>[^/]+)/assignments/(?P<assignment>[^/]+)/grade", GradeHandler, kw),
     ]
-    return web.Application(routes)
+    return web.Application(routes, hub_auth=ctx.hub_auth, service_title="the autograder")
 
 
-def context_from_env(env: dict) -> tuple[GradeContext, str, str, int]:
-    name = env.get("JUPYTERHUB_SERVICE_NAME") or SERVICE_NAME
-    try:
-        cache = int(env.get("ATLASLAB_GRADE_CACHE_SECONDS") or 5)
-    except ValueError:
-        value = env["ATLASLAB_GRADE_CACHE_SECONDS"]
-        sys.exit(f"atlaslab-autograder: ATLASLAB_GRADE_CACHE_SECONDS={value!r} is not a whole number of seconds")
-    hub_auth = HubAuth(
-        api_token=env.get("JUPYTERHUB_API_TOKEN", ""),
-        api_url=env.get("JUPYTERHUB_API_URL") or "http://127.0.0.1:8081/hub/api",
-        cache_max_age=cache,
-        access_scopes={f"access:services!service={name}"},
-    )
+def context_from_env(env: dict) -> tuple[GradeContext, ServiceAddress]:
+    where = service_address(env, SERVICE_NAME, 10101)
     ctx = GradeContext(
-        hub_auth=hub_auth,
+        hub_auth=hub_auth(env, where.name, env_int(env, "ATLASLAB_GRADE_CACHE_SECONDS", 5, "autograder")),
         config=env.get("ATLASLAB_CONFIG", ""),
         staff_services=json.loads(env.get("ATLASLAB_GRADE_STAFF_SERVICES") or "{}"),
     )
-    url = urlparse(env.get("JUPYTERHUB_SERVICE_URL") or "http://127.0.0.1:10101")
-    prefix = env.get("JUPYTERHUB_SERVICE_PREFIX") or f"/services/{name}/"
-    return ctx, prefix, url.hostname or "127.0.0.1", url.port or 80
+    return ctx, where
 
 
 async def serve(env: dict) -> None:
-    ctx, prefix, host, port = context_from_env(env)
-    log.info("AtlasLab autograder listening on http://%s:%d%s", host, port, prefix)
-    await serve_until_stopped(HTTPServer(make_app(ctx, prefix), max_body_size=MAX_BODY), host, port)
+    ctx, where = context_from_env(env)
+    log.info("AtlasLab autograder listening on http://%s:%d%s", where.host, where.port, where.prefix)
+    server = HTTPServer(make_app(ctx, where.prefix), max_body_size=MAX_BODY)
+    await serve_until_stopped(server, where.host, where.port)
 
 
 def main() -> None:

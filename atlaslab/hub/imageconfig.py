@@ -11,16 +11,15 @@ import json
 import sys
 from pathlib import Path
 
-from . import language
-from .apply import STUDENT_DISABLED_EXTENSIONS
-from .grading import client_config
-from .spawner import KERNEL_WEBSOCKET, SERVER_EXTENSIONS
+from atlaslab.grading.hubpart import STUDENT_DISABLED_EXTENSIONS, client_config
+from atlaslab.workbench import language
+from atlaslab.workbench.serverconfig import KERNEL_WEBSOCKET, SERVER_EXTENSIONS
 
 
 def server_config() -> dict:
     # Instructors grade through their course's formgrader service, never in their own server; the rest is what the
     # local spawner passes as arguments.
-    extensions = {name: False for name in STUDENT_DISABLED_EXTENSIONS} | dict.fromkeys(SERVER_EXTENSIONS, True)
+    extensions = dict.fromkeys(STUDENT_DISABLED_EXTENSIONS, False) | dict.fromkeys(SERVER_EXTENSIONS, True)
     return {"ServerApp": {"jpserver_extensions": extensions, "kernel_websocket_connection_class": KERNEL_WEBSOCKET}}
 
 

@@ -15,38 +15,22 @@ those (:data:`CHART_OWNED`) and adds everything else. Services then need address
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from traitlets.config import Config
 
-from atlaslab.config import LoadedConfig, load
+from atlaslab.compute.hubpart import gateway_part
+from atlaslab.config import LoadedConfig
+from atlaslab.config.mounted import load_mounted, state_dir
+from atlaslab.core.hubpart import Assembled
 
-# Traits Zero to JupyterHub's config sets (or that must stay at JupyterHub's defaults in its pod): AtlasLab's
-# one-machine values for them (127.0.0.1, STATE_DIR secrets) would cut the hub off from the proxy pod.
-CHART_OWNED: dict[str, tuple[str, ...]] = {
-    "JupyterHub": (
-        "bind_url",
-        "ip",
-        "port",
-        "hub_ip",
-        "hub_port",
-        "hub_bind_url",
-        "hub_connect_ip",
-        "hub_connect_port",
-        "hub_connect_url",
-        "db_url",
-        "cookie_secret",
-        "pid_file",
-    ),
-    "ConfigurableHTTPProxy": ("api_url", "auth_token", "pid_file"),
-    "CryptKeeper": ("keys",),
-}
+from .apply import apply_plan, plan
+
 # Where the chart runs the two services it deploys itself, and the hub environment variables holding their tokens
 # (from the chart's Secret `atlaslab-service-tokens`).
 CHART_SERVICES = {"exchange": "atlaslab-exchange", "mlflow": "atlaslab-mlflow"}
@@ -54,11 +38,6 @@ CHART_SERVICE_PORT = 8000
 TOKEN_ENV = {"exchange": "ATLASLAB_EXCHANGE_TOKEN", "mlflow": "ATLASLAB_MLFLOW_TOKEN"}
 # Dask Gateway's token: set only when the chart runs the gateway (the Secret's key is optional in the hub pod).
 GATEWAY_TOKEN_ENV = "ATLASLAB_GATEWAY_TOKEN"
-# Hub-side paths one machine hands to users' servers; in a pod they do not exist (the images carry the same
-# configuration, see images/).
-HUB_ONLY_ENV = ("PATH", "JUPYTER_CONFIG_PATH")
-DEFAULT_STATE_DIR = "/srv/jupyterhub/atlaslab"  # on the hub's volume (Zero to JupyterHub's hub-db-dir)
-DEFAULT_SITE_DIR = "/etc/atlaslab"  # the ConfigMap atlaslab-site, mounted by the chart
 
 
 @dataclass(frozen=True)
@@ -82,20 +61,6 @@ def cluster_from_env(env: dict[str, str] | None = None) -> Cluster:
     return Cluster(namespace=namespace, pod_ip=pod_ip, proxy_url=proxy.rstrip("/"))
 
 
-def snapshot(c: Config) -> dict[tuple[str, str], Any]:
-    return {(s, k): c[s][k] for s, keys in CHART_OWNED.items() if s in c for k in keys if k in c[s]}
-
-
-def restore(c: Config, kept: dict[tuple[str, str], Any]) -> None:
-    """Put back the chart's values; drop AtlasLab's where the chart set none (JupyterHub's default applies)."""
-    for section, keys in CHART_OWNED.items():
-        for key in keys:
-            if (section, key) in kept:
-                c[section][key] = kept[(section, key)]
-            elif section in c:
-                c[section].pop(key, None)
-
-
 def local_base(url: str) -> str | None:
     """``http://127.0.0.1:PORT`` of a one-machine service URL, or None for anything else."""
     parsed = urlparse(url)
@@ -114,11 +79,11 @@ def rewrite(value: Any, moves: dict[str, str]) -> Any:
     return value
 
 
-def wire_services(c: Config, cluster: Cluster, tokens: dict[str, str]) -> dict[str, str]:
-    """Give every service an address other pods reach; return how users' pods reach each one-machine URL."""
+def wire_services(services: list[dict], cluster: Cluster, tokens: dict[str, str]) -> tuple[list[dict], dict[str, str]]:
+    """Every service with an address other pods reach, and how users' pods reach each one-machine URL."""
     for_users: dict[str, str] = {}
     for_hub: dict[str, str] = {}
-    services = [dict(s) for s in (c.JupyterHub.get("services") or [])]
+    services = [dict(s) for s in services]
     for service in services:
         base = local_base(service.get("url", ""))
         if base is None:
@@ -141,80 +106,33 @@ def wire_services(c: Config, cluster: Cluster, tokens: dict[str, str]) -> dict[s
     for service in services:
         if isinstance(service.get("environment"), dict):
             service["environment"] = {k: rewrite(v, for_hub) for k, v in service["environment"].items()}
-    c.JupyterHub.services = services
-    return for_users
+    return services, for_users
 
 
-def user_environment(c: Config, moves: dict[str, str]) -> dict[str, Any]:
-    """What AtlasLab gives users' servers on one machine, for KubeSpawner's pods: reachable URLs, no hub paths."""
-    current = c.AtlasLabSpawner.get("environment")
-    env = dict(current) if isinstance(current, dict) else {}
-    return {k: rewrite(v, moves) for k, v in env.items() if k not in HUB_ONLY_ENV}
+def relocate(parts: Assembled, cluster: Cluster, tokens: dict[str, str]) -> Assembled:
+    """What the features want on one machine, made to work across pods."""
+    services, for_users = wire_services(parts.services, cluster, tokens)
+    server_env = {k: rewrite(v, for_users) for k, v in parts.server_env.items()}
+    return dataclasses.replace(parts, services=services, server_env=server_env)
 
 
-def configure_cluster(c: Config, loaded: LoadedConfig, cluster: Cluster, tokens: dict[str, str]) -> None:
-    """Everything AtlasLab set for one machine, made to work across pods (after :func:`apply`)."""
-    site = loaded.site.site
-    c.JupyterHub.base_url = site.base_url
-    moves = wire_services(c, cluster, tokens)
-    base = c.KubeSpawner.get("environment")
-    c.KubeSpawner.environment = {**(base if isinstance(base, dict) else {}), **user_environment(c, moves)}
-    # Zero to JupyterHub's hub NetworkPolicy admits pods with this label, and (with interNamespaceAccessLabels:
-    # accept) from namespaces with it: the tenants' namespaces carry it (helm/atlaslab/templates/tenants.yaml).
-    labels = c.KubeSpawner.get("extra_labels")
-    c.KubeSpawner.extra_labels = {
-        **(labels if isinstance(labels, dict) else {}),
-        "hub.jupyter.org/network-access-hub": "true",
-    }
-
-
-def configure_gateway_service(c: Config, cluster: Cluster, token: str, env: dict[str, str]) -> None:
-    """Dask Gateway (the chart's ``gateway.enabled``, which generates its token): register it and tell users'
-    pods where it and its scheduler proxy (Traefik, ``ATLASLAB_GATEWAY_PROXY_ADDRESS``) are."""
+def gateway(cluster: Cluster, env: dict[str, str]) -> list:
+    """Dask Gateway (the chart's ``gateway.enabled``, which generates its token), when the chart runs it."""
+    token = env.get(GATEWAY_TOKEN_ENV, "")
     if not token:
-        return
-    from atlaslab.compute.gateway import configure_hub
-
+        return []
     address = f"http://atlaslab-gateway.{cluster.namespace}.svc:{CHART_SERVICE_PORT}"
     proxy = env.get("ATLASLAB_GATEWAY_PROXY_ADDRESS") or f"gateway://traefik.{cluster.namespace}.svc:8786"
-    configure_hub(c, token, address, proxy)
-
-
-def with_state_dir(loaded: LoadedConfig, state_dir: Path) -> LoadedConfig:
-    """The site with its state on the hub's volume, whatever ``site.state_dir`` says for one machine."""
-    site = loaded.site.model_copy(update={"site": loaded.site.site.model_copy(update={"state_dir": state_dir})})
-    return LoadedConfig(site=site, source=loaded.source, rosters=loaded.rosters)
-
-
-def materialise(mounted: Path, target: Path) -> Path:
-    """Copy the mounted site (``atlaslab.yaml``, and ``files.json``: {relative path: text} for rosters and the
-    like, since a ConfigMap key cannot hold a directory) to ``target``, where relative paths resolve."""
-    target.mkdir(parents=True, exist_ok=True)
-    files = mounted / "files.json"
-    for relative, text in (json.loads(files.read_text()) if files.exists() else {}).items():
-        path = (target / relative).resolve()
-        if not path.is_relative_to(target.resolve()):
-            raise ValueError(f"siteFiles: {relative!r} leaves the site directory")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    site = target / "atlaslab.yaml"
-    site.write_text((mounted / "atlaslab.yaml").read_text())
-    return site
+    return [gateway_part(token, address, proxy)]
 
 
 def apply_in_hub_pod(c: Config, env: dict[str, str] | None = None) -> LoadedConfig:
-    """The chart's ``hub.extraConfig``: apply the mounted site config on top of Zero to JupyterHub's config."""
-    from .apply import apply
-
+    """The chart's ``hub.extraConfig``: the mounted site applied beside Zero to JupyterHub's own config, which keeps
+    the network, the hub database and the secrets it shares with the proxy."""
     env = dict(os.environ if env is None else env)
-    mounted = Path(env.get("ATLASLAB_SITE_DIR") or DEFAULT_SITE_DIR)
-    state_dir = Path(env.get("ATLASLAB_STATE_DIR") or DEFAULT_STATE_DIR)
-    loaded = with_state_dir(load(materialise(mounted, state_dir / "site")), state_dir)
-    kept = snapshot(c)
-    apply(c, loaded)
-    restore(c, kept)
-    tokens = {name: env.get(var, "") for name, var in TOKEN_ENV.items()}
+    loaded = load_mounted(env, state_dir(env) / "site")
     cluster = cluster_from_env(env)
-    configure_cluster(c, loaded, cluster, tokens)
-    configure_gateway_service(c, cluster, env.get(GATEWAY_TOKEN_ENV, ""), env)
+    p = plan(loaded, extra=gateway(cluster, env), in_cluster=True)
+    tokens = {name: env.get(var, "") for name, var in TOKEN_ENV.items()}
+    apply_plan(c, dataclasses.replace(p, parts=relocate(p.parts, cluster, tokens)))
     return loaded

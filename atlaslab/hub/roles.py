@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from atlaslab.config import LoadedConfig
 
-from .membership import course_group, tenant_admins_group, tenant_group
+from atlaslab.core.membership import course_group, tenant_admins_group, tenant_group
 
 
 def tenant_admin_role(tenant: str) -> dict:

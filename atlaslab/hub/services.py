@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from atlaslab.config import LoadedConfig
-from atlaslab.hub.state import StateDir
+from atlaslab.core.hubpart import HubPart
+from atlaslab.core.state import StateDir
 
 CLI_SERVICE = "atlaslab-cli"
 METRICS_SERVICE = "prometheus"
@@ -69,3 +70,22 @@ def extra_services(loaded: LoadedConfig) -> list[tuple[dict, dict | None]]:
         )
         out.append((service, role))
     return out
+
+
+def hub_part(loaded: LoadedConfig, state: StateDir) -> HubPart:
+    """The hub's own services: the CLI's identity, the idle culler and the metrics scraper when enabled, extras."""
+    pairs = [cli_service(state)]
+    for optional in (idle_culler_service(loaded), metrics_service(loaded, state)):
+        if optional:
+            pairs.append(optional)
+    pairs += extra_services(loaded)
+    # The workbench panel shows the time left before the idle cull and the user's courses: it reads the user's own
+    # model (last_activity, groups) with the server's token.
+    culled = bool(loaded.site.services.idle_culler and loaded.site.limits.idle_cull_after)
+    return HubPart(
+        "services",
+        services=tuple(service for service, _ in pairs),
+        roles=tuple(role for _, role in pairs if role),
+        server_scopes=("read:users!user",),
+        server_env={"ATLASLAB_IDLE_CULL_AFTER": str(int(loaded.site.limits.idle_cull_after) if culled else 0)},
+    )

@@ -18,10 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from atlaslab.core.membership import Membership
+
 OWNER_TAG = "atlaslab.owner"
 COURSE_TAG = "atlaslab.course"
 RESERVED_TAG_PREFIX = "atlaslab."
-ADMIN_GROUP = "atlaslab:admins"
 MANAGE = "MANAGE"
 READ = "READ"
 
@@ -42,25 +43,8 @@ class Member:
 
     @classmethod
     def from_groups(cls, name: str, groups: Iterable[str], admin: bool = False) -> Member:
-        teams, students, staff = set(), set(), set()
-        groups = set(groups)
-        for group in groups:
-            kind, _, rest = group.partition(":")
-            if kind == "team" and rest:
-                teams.add(rest)
-            elif kind == "course":
-                course, _, role = rest.rpartition(":")
-                if role == "students":
-                    students.add(course)
-                elif role in ("instructors", "tas"):
-                    staff.add(course)
-        return cls(
-            name,
-            admin or ADMIN_GROUP in groups,
-            frozenset(teams),
-            frozenset(students),
-            frozenset(staff),
-        )
+        m = Membership.of(groups)
+        return cls(name, admin or m.site_admin, frozenset(m.teams), m.student_of, m.staff_of)
 
     def owner_values(self) -> set[str]:
         """Owner tag values that give this member a permission by themselves."""

@@ -5,7 +5,7 @@ workers, huey consumers) and holds ~3 GiB at rest, and with 4 workers each call 
 (uvicorn #3149). MLflow's own app (Flask inside FastAPI) is built with its auth app, whose validators and
 result filters take their grants from :class:`~atlaslab.tracking.grants.HubGrantStore`.
 
-Environment (set by :mod:`atlaslab.tracking.hub`; the JUPYTERHUB_* ones by the hub itself):
+Environment (set by :mod:`atlaslab.tracking.hubpart`; the JUPYTERHUB_* ones by the hub itself):
 ATLASLAB_MLFLOW_BACKEND (SQLAlchemy URL), ATLASLAB_MLFLOW_ARTIFACTS (where proxied artifacts go),
 ATLASLAB_MLFLOW_PUBLIC_URL, ATLASLAB_MLFLOW_CACHE_TTL, MLFLOW_FLASK_SERVER_SECRET_KEY.
 """

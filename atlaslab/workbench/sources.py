@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 
 import httpx
 
+from atlaslab.core.membership import Membership
+
 
 class Unavailable(RuntimeError):
     """A source that cannot answer; its message is shown in the panel."""
@@ -137,12 +139,8 @@ def idle(model: Mapping, env: Mapping[str, str], now: datetime | None = None) ->
 
 def course_roles(model: Mapping) -> dict[str, list[str]]:
     """The user's courses and their roles in each, from hub groups ``course:ID:ROLE`` (students, instructors, tas)."""
-    found: dict[str, set[str]] = {}
-    for group in model.get("groups") or []:
-        parts = group.split(":")
-        if len(parts) == 3 and parts[0] == "course" and parts[1]:
-            found.setdefault(parts[1], set()).add(parts[2])
-    return {course: sorted(roles) for course, roles in sorted(found.items())}
+    groups = list(model.get("groups") or [])
+    return Membership.of(groups).course_roles(groups)
 
 
 async def exchange_assignments(env: Mapping[str, str]) -> tuple[list[dict], list[dict]]:

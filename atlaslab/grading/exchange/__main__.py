@@ -27,14 +27,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
-from jupyterhub.services.auth import HubAuth
 from tornado.httpserver import HTTPServer
 
-from atlaslab.serving import run_service, serve_until_stopped
+from atlaslab.core.serving import ServiceAddress, env_int, hub_auth, run_service, serve_until_stopped, service_address
 
 from . import SERVICE_NAME
 from .api import Context, make_app
@@ -45,14 +42,10 @@ log = logging.getLogger("atlaslab.exchange")
 
 
 def _int(env: dict, name: str, default: int) -> int:
-    value = env.get(name, "")
-    try:
-        return int(value) if value else default
-    except ValueError:
-        sys.exit(f"atlaslab-exchange: {name}={value!r} is not a whole number")
+    return env_int(env, name, default, "exchange")
 
 
-def context_from_env(env: dict) -> tuple[Context, str, str, int]:
+def context_from_env(env: dict) -> tuple[Context, ServiceAddress]:
     """The service's context, URL prefix, host and port, from its environment."""
     directory = Path(env.get("ATLASLAB_EXCHANGE_DIR") or "exchange").resolve()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -60,17 +53,11 @@ def context_from_env(env: dict) -> tuple[Context, str, str, int]:
     blobs = open_blob_store(env.get("ATLASLAB_EXCHANGE_BLOBS") or str(directory / "blobs"), directory / "spool")
     store = ExchangeStore(db_url, blobs)
     store.create_schema()
-    name = env.get("JUPYTERHUB_SERVICE_NAME") or SERVICE_NAME
-    hub_auth = HubAuth(
-        api_token=env.get("JUPYTERHUB_API_TOKEN", ""),
-        api_url=env.get("JUPYTERHUB_API_URL") or "http://127.0.0.1:8081/hub/api",
-        cache_max_age=_int(env, "ATLASLAB_EXCHANGE_CACHE_SECONDS", 5),
-        access_scopes={f"access:services!service={name}"},
-    )
+    where = service_address(env, SERVICE_NAME, 10100)
     staff_services = json.loads(env.get("ATLASLAB_EXCHANGE_STAFF_SERVICES") or "{}")
     ctx = Context(
         store=store,
-        hub_auth=hub_auth,
+        hub_auth=hub_auth(env, where.name, _int(env, "ATLASLAB_EXCHANGE_CACHE_SECONDS", 5)),
         max_upload=_int(env, "ATLASLAB_EXCHANGE_MAX_UPLOAD", 50 * MiB),
         limits=Limits(
             max_files=_int(env, "ATLASLAB_EXCHANGE_MAX_FILES", 1000),
@@ -78,15 +65,14 @@ def context_from_env(env: dict) -> tuple[Context, str, str, int]:
         ),
         staff_services=staff_services,
     )
-    url = urlparse(env.get("JUPYTERHUB_SERVICE_URL") or "http://127.0.0.1:10100")
-    prefix = env.get("JUPYTERHUB_SERVICE_PREFIX") or f"/services/{name}/"
-    return ctx, prefix, url.hostname or "127.0.0.1", url.port or 80
+    return ctx, where
 
 
 async def serve(env: dict) -> None:
-    ctx, prefix, host, port = context_from_env(env)
-    log.info("AtlasLab exchange listening on http://%s:%d%s", host, port, prefix)
-    await serve_until_stopped(HTTPServer(make_app(ctx, prefix), max_body_size=ctx.max_upload), host, port)
+    ctx, where = context_from_env(env)
+    log.info("AtlasLab exchange listening on http://%s:%d%s", where.host, where.port, where.prefix)
+    server = HTTPServer(make_app(ctx, where.prefix), max_body_size=ctx.max_upload)
+    await serve_until_stopped(server, where.host, where.port)
     ctx.store.engine.dispose()
 
 

@@ -37,7 +37,6 @@ before anything is recorded.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -47,13 +46,14 @@ from typing import Any
 from jupyterhub.services.auth import HubAuth
 from tornado import web
 
+from atlaslab.core.membership import Membership
+from atlaslab.core.serviceauth import HealthHandler, ServiceError, ServiceHandler
+
 from .archive import ArchiveError, Limits, pack_files, read_files, scan
 from .store import Conflict, ExchangeStore, NotFound, Upload
 
 log = logging.getLogger("atlaslab.exchange")
-COURSE_GROUP = re.compile(r"^course:(?P<course>[^:]+):(?P<role>students|instructors|tas)$")
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-AUTH_HEADER = re.compile(r"^(?:token|bearer)\s+(\S+)\s*$", re.IGNORECASE)
 TRUE = ("1", "true", "yes")
 FORGED_IDENTITY_ARGS = ("student", "student_id", "user", "username")
 
@@ -73,12 +73,8 @@ class Caller:
         if model.get("kind") == "service":
             course = staff_services.get(model["name"])
             return cls(model["name"], "service", staff_of=frozenset([course] if course else []))
-        staff, students = set(), set()
-        for group in model.get("groups") or []:
-            m = COURSE_GROUP.match(group)
-            if m:
-                (students if m["role"] == "students" else staff).add(m["course"])
-        return cls(model["name"], "user", bool(model.get("admin")), frozenset(staff), frozenset(students))
+        m = Membership.of(model.get("groups") or [])
+        return cls(model["name"], "user", bool(model.get("admin")), m.staff_of, m.student_of)
 
     def is_staff(self, course: str) -> bool:
         return self.admin or course in self.staff_of
@@ -100,58 +96,23 @@ class Context:
     staff_services: dict[str, str] = field(default_factory=dict)
 
 
-class ApiError(web.HTTPError):
-    def __init__(self, status: int, message: str):
-        super().__init__(status)
-        self.message = message
+class ApiHandler(ServiceHandler):
+    """The exchange's handlers: the caller's courses, from their hub groups, as :class:`Caller`."""
 
-
-class ApiHandler(web.RequestHandler):
     caller: Caller
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-        self.set_header("X-Content-Type-Options", "nosniff")
-
-    def check_xsrf_cookie(self) -> None:
-        """Tokens only, never cookies: cross-site request forgery has nothing to ride on."""
-
     async def prepare(self) -> None:
-        m = AUTH_HEADER.match(self.request.headers.get("Authorization", ""))
-        if not m:
-            raise ApiError(401, "no token: send 'Authorization: token <your JupyterHub API token>'")
-        model = await self.ctx.hub_auth.user_for_token(m.group(1), sync=False)
-        if not model:
-            raise ApiError(403, "the hub does not accept this token (unknown, expired or revoked)")
-        if not self.ctx.hub_auth.check_scopes(self.ctx.hub_auth.access_scopes, model):
-            needed = " or ".join(sorted(self.ctx.hub_auth.access_scopes))
-            raise ApiError(403, f"this token does not grant access to the exchange (needs the scope {needed})")
-        self.caller = Caller.from_model(model, self.ctx.staff_services)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
-            message = exc.message
-        elif isinstance(exc, web.HTTPError) and exc.log_message:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-        else:
-            message = self._reason
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"status": status_code, "error": message}))
-
-    def reply(self, data: Any, status: int = 200) -> None:
-        self.set_status(status)
-        self.finish(json.dumps(data))
+        await super().prepare()
+        self.caller = Caller.from_model(self.model, self.ctx.staff_services)
 
     # ---- arguments and rights --------------------------------------------------------------------------------
 
     def ident(self, value: str, what: str) -> str:
         if not ID.match(value) or ".." in value:
-            raise ApiError(400, f"bad {what} id {value!r}: letters, digits, '.', '_' and '-' only")
+            raise ServiceError(400, f"bad {what} id {value!r}: letters, digits, '.', '_' and '-' only")
         return value
 
     def opt_ident(self, name: str, what: str) -> str | None:
@@ -160,24 +121,26 @@ class ApiHandler(web.RequestHandler):
 
     def require_staff(self, course: str, action: str) -> None:
         if not self.caller.is_staff(course):
-            raise ApiError(403, f"only instructors and TAs of {course} may {action}")
+            raise ServiceError(403, f"only instructors and TAs of {course} may {action}")
 
     def require_member(self, course: str) -> None:
         if not (self.caller.is_staff(course) or self.caller.is_student(course)):
-            raise ApiError(403, f"{self.caller.name} is not in course {course}")
+            raise ServiceError(403, f"{self.caller.name} is not in course {course}")
 
     def refuse_identity_args(self) -> None:
         for name in FORGED_IDENTITY_ARGS:
             if self.get_query_argument(name, None) is not None:
-                raise ApiError(400, f"'{name}' is not accepted here: the exchange records who you are from your token")
+                raise ServiceError(
+                    400, f"'{name}' is not accepted here: the exchange records who you are from your token"
+                )
 
     async def run(self, fn, *args, **kwargs) -> Any:
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except NotFound as e:
-            raise ApiError(404, str(e)) from None
+            raise ServiceError(404, str(e)) from None
         except Conflict as e:
-            raise ApiError(409, str(e)) from None
+            raise ServiceError(409, str(e)) from None
 
     async def send_blob(self, sha256: str, filename: str) -> None:
         f = await self.run(self.ctx.store.blobs.open, sha256)
@@ -199,7 +162,7 @@ class UploadHandler(ApiHandler):
 
     upload: Upload | None = None
     _too_large = False
-    _refused: ApiError | None = None
+    _refused: ServiceError | None = None
 
     def authorize_upload(self) -> None:
         raise NotImplementedError
@@ -211,12 +174,12 @@ class UploadHandler(ApiHandler):
         limit = self.ctx.max_upload
         length = self.request.headers.get("Content-Length")
         if length is not None and (not length.isdigit() or int(length) > limit):
-            raise ApiError(413, f"upload of {length} bytes refused: the limit is {limit} bytes")
+            raise ServiceError(413, f"upload of {length} bytes refused: the limit is {limit} bytes")
         self.request.connection.set_max_body_size(limit)
         try:
             await super().prepare()
             self.authorize_upload()
-        except ApiError as e:
+        except ServiceError as e:
             # Answered once the (size-limited) body is read and dropped: a client still sending it would see
             # the connection reset instead of the answer if it were closed now.
             self._refused = e
@@ -237,14 +200,14 @@ class UploadHandler(ApiHandler):
             raise self._refused
         assert self.upload is not None
         if self._too_large:
-            raise ApiError(413, f"upload refused: the limit is {self.ctx.max_upload} bytes")
+            raise ServiceError(413, f"upload refused: the limit is {self.ctx.max_upload} bytes")
         upload = self.upload
         await asyncio.to_thread(upload.close)
         try:
             with upload.open() as f:
                 files = await asyncio.to_thread(scan, f, self.ctx.limits, kind)
         except ArchiveError as e:
-            raise ApiError(400, f"archive refused: {e}") from None
+            raise ServiceError(400, f"archive refused: {e}") from None
         return upload, [entry.to_dict() for entry in files]
 
     def on_finish(self) -> None:
@@ -258,15 +221,6 @@ class UploadHandler(ApiHandler):
 
 
 # ---- handlers --------------------------------------------------------------------------------------------------
-
-
-class HealthHandler(web.RequestHandler):
-    def initialize(self, ctx: Context) -> None:
-        self.ctx = ctx
-
-    def get(self) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"service": "atlaslab-exchange", "api": "v1", "max_upload": self.ctx.max_upload}))
 
 
 class WhoAmIHandler(ApiHandler):
@@ -304,7 +258,7 @@ class AssignmentHandler(UploadHandler):
         try:
             due = datetime.fromisoformat(value)
         except ValueError:
-            raise ApiError(400, f"bad due date {value[:64]!r}: give an ISO 8601 date and time") from None
+            raise ServiceError(400, f"bad due date {value[:64]!r}: give an ISO 8601 date and time") from None
         # nbgrader's gradebook keeps naive UTC: a date without an offset is read the same way.
         return due if due.tzinfo else due.replace(tzinfo=UTC)
 
@@ -347,7 +301,7 @@ class SubmitHandler(UploadHandler):
         self.ident(self.path_kwargs["assignment"], "assignment")
         self.refuse_identity_args()
         if not self.caller.is_student(course):
-            raise ApiError(403, f"only students of {course} submit assignments")
+            raise ServiceError(403, f"only students of {course} submit assignments")
 
     async def post(self, course: str, assignment: str) -> None:
         upload, files = await self.checked_upload()
@@ -386,9 +340,9 @@ class CourseSubmissionsHandler(ApiHandler):
         student = self.get_query_argument("student", "") or None
         if not self.caller.is_staff(course):
             if not self.caller.is_student(course):
-                raise ApiError(403, f"{self.caller.name} is not in course {course}")
+                raise ServiceError(403, f"{self.caller.name} is not in course {course}")
             if student is not None and student != self.caller.name:
-                raise ApiError(403, "students see only their own submissions")
+                raise ServiceError(403, "students see only their own submissions")
             student = self.caller.name
         records = await self.run(
             self.ctx.store.submissions,
@@ -405,10 +359,10 @@ class SubmissionBase(ApiHandler):
         """The submission, if the caller is staff of its course or the student who made it (else 404)."""
         self.ident(course, "course")
         if not (self.caller.is_staff(course) or self.caller.is_student(course)):
-            raise ApiError(403, f"{self.caller.name} is not in course {course}")
+            raise ServiceError(403, f"{self.caller.name} is not in course {course}")
         record = await self.run(self.ctx.store.submission, course, int(submission_id))
         if not self.caller.is_staff(course) and record["student"] != self.caller.name:
-            raise ApiError(404, f"no submission {submission_id} of yours in {course}")
+            raise ServiceError(404, f"no submission {submission_id} of yours in {course}")
         return record
 
 
@@ -431,7 +385,7 @@ class FeedbackHandler(UploadHandler, SubmissionBase):
     async def get(self, course: str, submission_id: str) -> None:
         record = await self.visible_submission(course, submission_id)
         if not record["feedback"]:
-            raise ApiError(404, f"no feedback released for submission {submission_id}")
+            raise ServiceError(404, f"no feedback released for submission {submission_id}")
         pages = await self.run(self._read_pages, record["feedback"])
         self.set_header("Content-Type", "application/gzip")
         self.finish(pack_files(pages))
@@ -466,7 +420,7 @@ def make_app(ctx: Context, prefix: str) -> web.Application:
     submission = course + r"/submissions/(?P<submission_id>[0-9]{1,18})"
     kw = {"ctx": ctx}
     routes = [
-        (prefix.rstrip("/") + r"/?", HealthHandler, kw),
+        (prefix.rstrip("/") + r"/?", HealthHandler, {"name": "atlaslab-exchange"}),
         (api + r"/whoami", WhoAmIHandler, kw),
         (api + r"/assignments", AssignmentsHandler, kw),
         (api + r"/submissions", MySubmissionsHandler, kw),
@@ -478,7 +432,7 @@ def make_app(ctx: Context, prefix: str) -> web.Application:
         (api + submission + r"/archive", SubmissionArchiveHandler, kw),
         (api + submission + r"/feedback", FeedbackHandler, kw),
     ]
-    return web.Application(routes, log_function=_log_request)
+    return web.Application(routes, log_function=_log_request, hub_auth=ctx.hub_auth, service_title="the exchange")
 
 
 def _log_request(handler: web.RequestHandler) -> None:

@@ -23,8 +23,8 @@ from atlaslab.config.schema import (
     OIDCLogin,
     SharedPasswordLogin,
 )
-from atlaslab.hub.membership import known_users
-from atlaslab.hub.state import StateDir
+from atlaslab.core.membership import known_users
+from atlaslab.core.state import StateDir
 
 from .tenants import add_login_tenants, provider_tenant_hook
 

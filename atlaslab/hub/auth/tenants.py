@@ -8,10 +8,11 @@ implied by a login are *added* here instead, after authentication and before the
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from jupyterhub import orm
 
-from atlaslab.hub.membership import tenant_group
+from atlaslab.core.membership import Membership, tenant_group
 
 # Where AtlasLab's OAuth logins leave what they read from the provider, inside the auth model's
 # auth_state: {"groups": [provider groups], "tenants": [tenants the claims map to]}.
@@ -25,7 +26,7 @@ def add_login_tenants(handler, username: str, tenants: Iterable[str], *, only_if
         return
     user = handler.find_user(username) or handler.user_from_username(username)
     current = {g.name for g in user.groups}
-    if only_if_none and any(g.startswith("tenant:") and g.count(":") == 1 for g in current):
+    if only_if_none and Membership.of(current).tenants:
         return
     db = handler.db
     for tenant in tenants:
@@ -40,18 +41,23 @@ def add_login_tenants(handler, username: str, tenants: Iterable[str], *, only_if
     db.commit()
 
 
-def provider_tenant_hook(tenant: str | None):
-    """A post_auth_hook adding the tenants a login implies.
+@dataclass(frozen=True)
+class TenantHook:
+    """A post_auth_hook adding the tenants a login implies (plain data: two applies of a site compare equal).
 
     Tenants mapped from the provider's claims (groups, 42 campus) are always added; the provider's
     default ``tenant`` only when the user belongs to no tenant otherwise.
     """
 
-    async def hook(authenticator, handler, auth_model):
+    tenant: str | None
+
+    async def __call__(self, authenticator, handler, auth_model):
         claimed = ((auth_model.get("auth_state") or {}).get(STATE_KEY) or {}).get("tenants") or []
         add_login_tenants(handler, auth_model["name"], claimed, only_if_none=False)
-        if tenant:
-            add_login_tenants(handler, auth_model["name"], [tenant], only_if_none=True)
+        if self.tenant:
+            add_login_tenants(handler, auth_model["name"], [self.tenant], only_if_none=True)
         return auth_model
 
-    return hook
+
+def provider_tenant_hook(tenant: str | None) -> TenantHook:
+    return TenantHook(tenant)

@@ -75,9 +75,19 @@ class StateDir:
 
 def write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically with mode 0600 (the file is never world-readable, even briefly)."""
+    _write_atomic(path, text, 0o600)
+
+
+def write_public(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically with mode 0644: config every account reads, never a secret."""
+    _write_atomic(path, text, 0o644)
+
+
+def _write_atomic(path: Path, text: str, mode: int) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        os.fchmod(fd, mode)  # whatever the umask
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)

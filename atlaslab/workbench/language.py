@@ -19,9 +19,13 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from atlaslab.config import LoadedConfig
+from atlaslab.core.membership import tenant_of
+from atlaslab.core.state import write_public
+
+if TYPE_CHECKING:
+    from atlaslab.config import LoadedConfig
 
 # Site-config language -> JupyterLab locale (the installed language packs: jupyterlab-language-pack-fr-FR, -ar-SA).
 LOCALES = {"en": "en", "fr": "fr_FR", "ar": "ar_SA"}
@@ -51,11 +55,7 @@ def write_settings(root: Path) -> Path:
         directory = root / language
         directory.mkdir(exist_ok=True)
         os.chmod(directory, 0o755)
-        path = directory / "overrides.json"
-        tmp = directory / f".overrides.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(overrides(language), indent=2) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        write_public(directory / "overrides.json", json.dumps(overrides(language), indent=2) + "\n")
     return root
 
 
@@ -71,8 +71,8 @@ def default_language(loaded: LoadedConfig) -> str:
 def language_for(groups: Iterable[str], by_tenant: Mapping[str, str], default: str) -> str:
     """The language of a user in ``groups``: that of their tenant (the first by name, as the spawners pick the
     tenant for namespaces and credits), else ``default``."""
-    tenants = sorted(g.split(":", 1)[1] for g in groups if g.startswith("tenant:") and g.count(":") == 1)
-    return by_tenant.get(tenants[0], default) if tenants else default
+    tenant = tenant_of(groups)
+    return by_tenant.get(tenant, default) if tenant else default
 
 
 class UserLanguage:

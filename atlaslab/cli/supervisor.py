@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 
 from atlaslab.config import LoadedConfig
-from atlaslab.hub.apply import isolation_mode
-from atlaslab.hub.state import StateDir
+from atlaslab.core.accounts import isolation_mode
+from atlaslab.core.state import StateDir
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 HUB_CONFIG = PACKAGE_DIR / "hub" / "jupyterhub_config.py"
@@ -306,7 +306,7 @@ class Workbench:
             lines.append("Log in with any username and the workshop's shared password.")
         else:
             lines.append(f"Log in with {provider.title or provider.provider}.")
-        if isolation_mode(self.loaded) == "none":
+        if isolation_mode(self.loaded.site.spawner.isolation) == "none":
             lines.append(
                 "WARNING: development mode - every user's server runs as this account, so users are NOT "
                 "isolated from each other. Run `atlaslab up` as root on a shared machine."

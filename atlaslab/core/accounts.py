@@ -87,6 +87,13 @@ def ensure_service_account(name: str, comment: str) -> pwd.struct_passwd | None:
         return pwd.getpwnam(name)
 
 
+def isolation_mode(wanted: str) -> str:
+    """The site's ``spawner.isolation`` made concrete: 'auto' is an account per user when running as root."""
+    if wanted == "auto":
+        return "system-users" if os.geteuid() == 0 else "none"
+    return wanted
+
+
 def server_path() -> str:
     """PATH for processes run as other accounts: this venv's bin first, nothing under /root (unreadable there,
     and a pyenv shim found first fails with 'Permission denied' instead of falling through)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from atlaslab.hub.accounts import server_path
+from atlaslab.core.accounts import server_path
 
 REPO_COURSES = Path(__file__).resolve().parent.parent / "courses"
 

@@ -1,4 +1,4 @@
-"""How AtlasLab starts a user's server: ``python -m atlaslab.hub.singleuser`` is jupyterhub-singleuser, faster.
+"""How AtlasLab starts a user's server: ``python -m atlaslab.workbench.singleuser`` is jupyterhub-singleuser, faster.
 
 Measured on a 2-core machine (docs/benchmarks.md), jupyterhub-singleuser spends about 2.2 s before it
 listens, and half of that is work a server never uses:

@@ -1,4 +1,4 @@
-"""Experiment tracking on the hub: the ``mlflow`` service, and what users' servers need to use it.
+"""What experiment tracking adds to the hub: the ``mlflow`` service, and what users' servers need to use it.
 
 On a site with ``tracking.enabled``:
 
@@ -19,18 +19,16 @@ import os
 import sys
 from pathlib import Path
 
-from traitlets.config import Config
-
 from atlaslab.config import LoadedConfig
-from atlaslab.hub import ports, scopes
-from atlaslab.hub.accounts import ensure_service_account, server_path
-from atlaslab.hub.state import StateDir
+from atlaslab.core import ports
+from atlaslab.core.accounts import ensure_service_account, server_path
+from atlaslab.core.hubpart import HubPart, access_scope
+from atlaslab.core.state import StateDir
 
 SERVICE_NAME = "mlflow"
 ACCOUNT = "atlaslab-mlflow"
 ROLE = "atlaslab-mlflow"
-ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
-# JupyterHub's default scopes of a server's token ('server' role).
+ACCESS_SCOPE = access_scope(SERVICE_NAME)
 DEFAULT_EXPERIMENT = "users/{user}/default"
 
 
@@ -141,12 +139,15 @@ def _default_experiment(spawner) -> str:
     return DEFAULT_EXPERIMENT.format(user=spawner.user.name)
 
 
-def configure_tracking(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
-    """Everything tracking adds to the hub; nothing when it is off. Applying twice gives the same."""
+def hub_part(loaded: LoadedConfig, state: StateDir) -> HubPart:
+    """Everything tracking adds to the hub; nothing when it is off."""
     if not enabled(loaded):
-        return
-    c.JupyterHub.services = scopes.replace_named(c.JupyterHub.get("services"), [service(loaded, state)], {SERVICE_NAME})
-    c.JupyterHub.load_roles = scopes.replace_named(c.JupyterHub.get("load_roles"), [role()], {ROLE})
-    scopes.grant_users_access(c, SERVICE_NAME)
-    current = c.AtlasLabSpawner.get("environment")
-    c.AtlasLabSpawner.environment = {**(current if isinstance(current, dict) else {}), **user_environment(loaded)}
+        return HubPart("tracking")
+    return HubPart(
+        "tracking",
+        services=(service(loaded, state),),
+        roles=(role(),),
+        user_scopes=(ACCESS_SCOPE,),
+        server_scopes=(ACCESS_SCOPE,),
+        server_env=user_environment(loaded),
+    )

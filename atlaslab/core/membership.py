@@ -7,10 +7,15 @@ reused by the spawner, the roles and the CLI.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from atlaslab.config import LoadedConfig
+if TYPE_CHECKING:  # users' servers read group names too, and must not pay for importing the schema
+    from atlaslab.config import LoadedConfig
 
 ADMIN_GROUP = "atlaslab:admins"
+COURSE_ROLES = ("students", "instructors", "tas")
+STAFF_ROLES = ("instructors", "tas")
 
 
 def tenant_group(tenant: str) -> str:
@@ -28,6 +33,76 @@ def course_group(course: str, role: str) -> str:
 
 def team_group(team: str) -> str:
     return f"team:{team}"
+
+
+@dataclass(frozen=True)
+class Membership:
+    """What a user's hub group names say about them: the one place group names are read back.
+
+    ``tenant`` is the first tenant by name: the one a user's usage is charged to, whose namespace their pods run
+    in and whose language they see by default (a user is normally in one tenant; a second one only adds access).
+    """
+
+    tenants: tuple[str, ...] = ()
+    teams: tuple[str, ...] = ()
+    student_of: frozenset[str] = frozenset()
+    staff_of: frozenset[str] = frozenset()
+    tenant_admin_of: frozenset[str] = frozenset()
+    site_admin: bool = False
+
+    @classmethod
+    def of(cls, groups: Iterable[str]) -> Membership:
+        tenants, teams, students, staff, tenant_admins = set(), set(), set(), set(), set()
+        admin = False
+        for group in groups:
+            kind, _, rest = group.partition(":")
+            parts = rest.split(":")
+            if group == ADMIN_GROUP:
+                admin = True
+            elif kind == "tenant" and len(parts) == 1 and parts[0]:
+                tenants.add(parts[0])
+            elif kind == "tenant" and len(parts) == 2 and parts[0] and parts[1] == "admins":
+                tenant_admins.add(parts[0])
+            elif kind == "team" and len(parts) == 1 and parts[0]:
+                teams.add(parts[0])
+            elif kind == "course" and len(parts) == 2 and parts[0] and parts[1] in COURSE_ROLES:
+                (students if parts[1] == "students" else staff).add(parts[0])
+        return cls(
+            tuple(sorted(tenants)),
+            tuple(sorted(teams)),
+            frozenset(students),
+            frozenset(staff),
+            frozenset(tenant_admins),
+            admin,
+        )
+
+    @property
+    def tenant(self) -> str | None:
+        return self.tenants[0] if self.tenants else None
+
+    @property
+    def courses(self) -> frozenset[str]:
+        return self.student_of | self.staff_of
+
+    def course_roles(self, groups: Iterable[str]) -> dict[str, list[str]]:
+        """Course -> the user's roles in it (students, instructors, tas), from the same ``groups``."""
+        found: dict[str, set[str]] = {}
+        for group in groups:
+            kind, _, rest = group.partition(":")
+            course, _, role = rest.partition(":")
+            if kind == "course" and course in self.courses and role in COURSE_ROLES:
+                found.setdefault(course, set()).add(role)
+        return {course: sorted(roles) for course, roles in sorted(found.items())}
+
+
+def tenant_of(groups: Iterable[str]) -> str | None:
+    """The tenant a user with these hub groups belongs to (see :class:`Membership`), or None."""
+    return Membership.of(groups).tenant
+
+
+def teams_of(groups: Iterable[str]) -> list[str]:
+    """The user's teams, sorted."""
+    return list(Membership.of(groups).teams)
 
 
 def config_groups(loaded: LoadedConfig) -> dict[str, dict]:
@@ -111,6 +186,6 @@ def allowed_environments(
         return order
     names = set(groups)
     allowed = {e for g in names for e in rules.get(g, ())}
-    if not any(g.startswith("tenant:") for g in names):
+    if not Membership.of(names).tenants:
         allowed.update(fallback)
     return [k for k in order if k in allowed]

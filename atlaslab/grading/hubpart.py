@@ -1,21 +1,21 @@
-"""Grading on the hub: the exchange service, and what users' servers and formgraders need to use it.
+"""What grading adds to the hub: the exchange, the autograder and one formgrader per course.
 
 On a site with at least one course:
 
 * the ``exchange`` service runs ``python -m atlaslab.grading.exchange`` on 127.0.0.1 (the first of the site's
   service ports), as its own system account ``atlaslab-exchange`` when the hub runs as root, keeping its
   database and blobs in STATE_DIR/exchange (0700, that account's);
-* every user holds ``access:services!service=exchange`` (``JupyterHub.extra_user_scopes``), and the token of
-  each user's server carries it (``Spawner.server_token_scopes``), so nbgrader in the server can call the
-  exchange as its user; what they may do there is decided by the exchange from their hub groups;
-* each course's formgrader service holds the same scope, and is staff of its own course in the exchange;
+* every user, and the token of each user's server, may reach the exchange; what they may do there is decided by
+  the exchange from their hub groups; each course's formgrader is staff of its own course there;
+* each course's formgrader is a hub-managed JupyterLab (the users' server launcher run as a service) running as the
+  course's grader account in the course directory, with nbgrader's formgrader enabled there and nowhere else. The
+  service is named after the course id, as nbgrader's course list expects; only the course's instructors and TAs
+  may open it;
+* the ``autograder`` service runs ``atlaslab grade`` (sandboxed) for the formgrader's Autograde button;
 * users' servers and formgraders get ATLASLAB_EXCHANGE_URL and, on JUPYTER_CONFIG_PATH, a site-wide
   nbgrader_config.py that makes nbgrader's ExchangeFactory use :mod:`atlaslab.grading.client`. It lives in
   STATE_DIR/jupyter (0755, the file 0644): the state directory is traversable (0711), so every account can
   read this one file set and nothing else of the state directory. It holds no secret.
-
-:func:`configure_grading` runs after the services, roles and spawner are set and extends them; it replaces
-what it added before, so applying twice gives the same.
 """
 
 from __future__ import annotations
@@ -26,22 +26,35 @@ import pwd
 import sys
 from pathlib import Path
 
-from traitlets.config import Config
-
 from atlaslab.config import LoadedConfig
+from atlaslab.core import ports
+from atlaslab.core.accounts import ensure_service_account, server_path
+from atlaslab.core.hubpart import HubPart, access_scope
+from atlaslab.core.membership import STAFF_ROLES, course_group
+from atlaslab.core.state import StateDir, write_public
+from atlaslab.grading.courses import ensure_course_dir, grader_account
 from atlaslab.grading.exchange import SERVICE_NAME
-from atlaslab.hub import ports, scopes
-from atlaslab.hub.accounts import ensure_service_account, server_path
-from atlaslab.hub.membership import course_group
-from atlaslab.hub.state import StateDir
 
 EXCHANGE_ACCOUNT = "atlaslab-exchange"
-ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
-# JupyterHub's default scopes of a server's token ('server' role), plus the exchange.
-SERVER_TOKEN_SCOPES = ["users:activity!user", "access:servers!server", ACCESS_SCOPE]
+ACCESS_SCOPE = access_scope(SERVICE_NAME)
 EXCHANGE_ROLE = "atlaslab-exchange-formgraders"
 AUTOGRADER_NAME = "autograder"
 AUTOGRADER_ROLE = "atlaslab-autograder-staff"
+# The users' server launcher: the hub waits for each formgrader as for a user's server.
+SINGLEUSER = [sys.executable, "-m", "atlaslab.workbench.singleuser"]
+# Server extensions no user's server loads: nbgrader's formgrader and course list are instructor tools, used
+# through each course's formgrader service (create_assignment is a server extension in some nbgrader versions).
+STUDENT_DISABLED_EXTENSIONS = (
+    "nbgrader.server_extensions.formgrader",
+    "nbgrader.server_extensions.create_assignment",
+    "nbgrader.server_extensions.course_list",
+)
+# Loaded only in the servers of course members: the assignment list and the validate button. Importing nbgrader
+# costs ~0.2 s per start, for users who never see an assignment.
+COURSE_SERVER_EXTENSIONS = (
+    "nbgrader.server_extensions.assignment_list",
+    "nbgrader.server_extensions.validate_assignment",
+)
 CLIENT_CLASSES = {
     "exchange": "Exchange",
     "fetch_assignment": "ExchangeFetchAssignment",
@@ -59,7 +72,7 @@ c = get_config()  # noqa: F821
 """
 
 
-def exchange_enabled(loaded: LoadedConfig) -> bool:
+def enabled(loaded: LoadedConfig) -> bool:
     return bool(loaded.site.courses)
 
 
@@ -97,11 +110,7 @@ def ensure_client_config(state: StateDir) -> Path:
     directory = client_config_dir(state)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o755)
-    path = directory / "nbgrader_config.py"
-    tmp = directory / f".nbgrader_config.py.{os.getpid()}.tmp"
-    tmp.write_text(client_config())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_public(directory / "nbgrader_config.py", client_config())
     return directory
 
 
@@ -121,6 +130,11 @@ def ensure_exchange_dir(state: StateDir) -> Path:
     return directory
 
 
+def staff_services(loaded: LoadedConfig) -> str:
+    """JSON {service: course}: each course's formgrader (named after the course) is staff of that course."""
+    return json.dumps({course: course for course in loaded.site.courses})
+
+
 def exchange_service(loaded: LoadedConfig, state: StateDir) -> dict:
     directory = ensure_exchange_dir(state)
     service = {
@@ -134,8 +148,7 @@ def exchange_service(loaded: LoadedConfig, state: StateDir) -> dict:
         "environment": {
             "ATLASLAB_EXCHANGE_DIR": str(directory),
             "ATLASLAB_EXCHANGE_DB": f"sqlite:///{directory / 'exchange.sqlite'}",
-            # Each course's formgrader is staff of its course (atlaslab/hub/courses.py names it after the course).
-            "ATLASLAB_EXCHANGE_STAFF_SERVICES": json.dumps({course: course for course in loaded.site.courses}),
+            "ATLASLAB_EXCHANGE_STAFF_SERVICES": staff_services(loaded),
             "ATLASLAB_EXCHANGE_MAX_UPLOAD": str(loaded.site.grading.max_upload),
             "PATH": server_path(),
             **exchange_storage_env(loaded),
@@ -183,31 +196,6 @@ def client_env(loaded: LoadedConfig, state: StateDir) -> dict[str, str]:
     }
 
 
-def configure_exchange_service(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
-    c.JupyterHub.services = scopes.replace_named(
-        c.JupyterHub.get("services"), [exchange_service(loaded, state)], {SERVICE_NAME}
-    )
-    c.JupyterHub.load_roles = scopes.replace_named(
-        c.JupyterHub.get("load_roles"), [formgraders_role(loaded)], {EXCHANGE_ROLE}
-    )
-
-
-def configure_exchange_access(c: Config) -> None:
-    """Users (and so their tokens and their servers' tokens) may reach the exchange service."""
-    scopes.grant_users_access(c, SERVICE_NAME)
-
-
-def configure_exchange_clients(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
-    """Users' servers and the courses' formgraders find the exchange and use AtlasLab's nbgrader classes."""
-    ensure_client_config(state)
-    env = client_env(loaded, state)
-    current = c.AtlasLabSpawner.get("environment")
-    c.AtlasLabSpawner.environment = {**(current if isinstance(current, dict) else {}), **env}
-    for service in c.JupyterHub.get("services") or []:
-        if service.get("name") in loaded.site.courses and isinstance(service.get("environment"), dict):
-            service["environment"].update(env)
-
-
 def autograder_url(loaded: LoadedConfig) -> str:
     base = loaded.site.site.base_url.rstrip("/")
     return f"http://127.0.0.1:{ports.service_port(loaded, ports.AUTOGRADER)}{base}/services/{AUTOGRADER_NAME}/"
@@ -222,7 +210,7 @@ def autograder_service(loaded: LoadedConfig) -> dict:
         "display": False,
         "environment": {
             "ATLASLAB_CONFIG": str(loaded.source.resolve()) if loaded.source else "",
-            "ATLASLAB_GRADE_STAFF_SERVICES": json.dumps({course: course for course in loaded.site.courses}),
+            "ATLASLAB_GRADE_STAFF_SERVICES": staff_services(loaded),
             "PATH": server_path(),
         },
     }
@@ -233,29 +221,63 @@ def autograder_role(loaded: LoadedConfig) -> dict:
     return {
         "name": AUTOGRADER_ROLE,
         "description": "Course formgraders and staff autograde their course's submissions in the sandbox",
-        "scopes": [f"access:services!service={AUTOGRADER_NAME}"],
+        "scopes": [access_scope(AUTOGRADER_NAME)],
         "services": list(loaded.site.courses),
-        "groups": [course_group(course, kind) for course in loaded.site.courses for kind in ("instructors", "tas")],
+        "groups": [course_group(course, role) for course in loaded.site.courses for role in STAFF_ROLES],
     }
 
 
-def configure_autograder(c: Config, loaded: LoadedConfig) -> None:
-    c.JupyterHub.services = scopes.replace_named(
-        c.JupyterHub.get("services"), [autograder_service(loaded)], {AUTOGRADER_NAME}
-    )
-    c.JupyterHub.load_roles = scopes.replace_named(
-        c.JupyterHub.get("load_roles"), [autograder_role(loaded)], {AUTOGRADER_ROLE}
-    )
-    for service in c.JupyterHub.get("services") or []:
-        if service.get("name") in loaded.site.courses and isinstance(service.get("environment"), dict):
-            service["environment"]["ATLASLAB_AUTOGRADER_URL"] = autograder_url(loaded)
+def formgrader_service(loaded: LoadedConfig, state: StateDir, course: str) -> dict:
+    cd = ensure_course_dir(state.root, course, loaded.site.courses[course].reveal_hidden_tests)
+    service = {
+        "name": course,
+        "display": True,
+        "url": f"http://127.0.0.1:{ports.formgrader_port(loaded, course)}",
+        "command": SINGLEUSER,
+        "cwd": str(cd.root),
+        "oauth_no_confirm": True,
+        "environment": {
+            "JUPYTER_CONFIG_DIR": str(cd.config_dir),
+            "JUPYTER_RUNTIME_DIR": str(cd.root / ".runtime"),
+            "JUPYTER_DATA_DIR": str(cd.root / ".local"),
+            "HOME": str(cd.root),
+            "JUPYTERHUB_DEFAULT_URL": "/lab?formgrader=true",
+            "PATH": server_path(),
+            "ATLASLAB_AUTOGRADER_URL": autograder_url(loaded),
+            **client_env(loaded, state),
+        },
+    }
+    if os.geteuid() == 0:
+        service["user"] = grader_account(course)
+    else:
+        service["command"] = [*SINGLEUSER, "--ServerApp.allow_root=False"]
+    return service
 
 
-def configure_grading(c: Config, loaded: LoadedConfig, state: StateDir) -> None:
+def formgrader_role(course: str) -> dict:
+    return {
+        "name": f"formgrader.{course}",
+        "description": f"Open the formgrader of {course}",
+        "scopes": [access_scope(course), "list:services", "read:services"],
+        "groups": [course_group(course, role) for role in STAFF_ROLES],
+    }
+
+
+def hub_part(loaded: LoadedConfig, state: StateDir) -> HubPart:
     """Everything grading adds to the hub; nothing on a site without courses."""
-    if not exchange_enabled(loaded):
-        return
-    configure_exchange_service(c, loaded, state)
-    configure_exchange_access(c)
-    configure_exchange_clients(c, loaded, state)
-    configure_autograder(c, loaded)
+    if not enabled(loaded):
+        return HubPart("grading")
+    ensure_client_config(state)
+    courses = list(loaded.site.courses)
+    return HubPart(
+        "grading",
+        services=(
+            exchange_service(loaded, state),
+            autograder_service(loaded),
+            *(formgrader_service(loaded, state, course) for course in courses),
+        ),
+        roles=(formgraders_role(loaded), autograder_role(loaded), *(formgrader_role(c) for c in courses)),
+        user_scopes=(ACCESS_SCOPE,),
+        server_scopes=(ACCESS_SCOPE,),
+        server_env=client_env(loaded, state),
+    )
