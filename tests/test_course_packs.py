@@ -19,8 +19,8 @@ import yaml
 from nbgrader.api import Gradebook
 from typer.testing import CliRunner
 
-from atlaslab import packs
 from atlaslab.cli import app
+from atlaslab.grading import packs
 from atlaslab.grading.autograde import GradeOptions, autograde
 
 REPO = Path(__file__).resolve().parent.parent

@@ -82,25 +82,26 @@ def test_spawn_refusals_say_why_and_when(ledger: UsageLedger, clock: Clock) -> N
         tenants={"startup": Quota(gpu_hours=10, period="month", max_gpus=2, expires=date(2027, 6, 30))},
         teams={"vision": Quota(cpu_hours=100)},
     )
-    args = ("ana", "startup", ["vision"])
+    gpu = credits.Charge("ana", "startup", ("vision",), gpus=1)
+    cpu = credits.Charge("ana", "startup", ("vision",), gpus=0)
     clock.now = datetime(2026, 11, 10, 8, 0, tzinfo=UTC).timestamp()
-    assert credits.spawn_refusal(ledger, site, *args, gpus=1, now=clock()) is None
+    assert credits.spawn_refusal(ledger, site, gpu, now=clock()) is None
     ledger.open("ana/", "ana", "gpu", cpus=4, gpus=2, scopes=SCOPES)
     # Two GPUs held: a third is over the tenant's concurrency.
-    message = credits.spawn_refusal(ledger, site, *args, gpus=1, now=clock())
+    message = credits.spawn_refusal(ledger, site, gpu, now=clock())
     assert message and "allows 2 GPU(s) at once and 2 are in use" in message
     clock.advance(5 * H)
     ledger.close("ana/")
-    message = credits.spawn_refusal(ledger, site, *args, gpus=1, now=clock())
+    message = credits.spawn_refusal(ledger, site, gpu, now=clock())
     assert message == (
         "No credit left in the budget of tenant startup: 10.00 of 10 GPU-hours used this month; it renews on"
         " 2026-12-01. Start a CPU environment, or wait for the renewal, or ask for more."
     )
     # A CPU server is still fine: only the GPU budget is spent.
-    assert credits.spawn_refusal(ledger, site, *args, gpus=0, now=clock()) is None
+    assert credits.spawn_refusal(ledger, site, cpu, now=clock()) is None
     # After the programme's end nothing starts.
     clock.now = datetime(2027, 7, 1, tzinfo=UTC).timestamp()
-    message = credits.spawn_refusal(ledger, site, *args, gpus=0, now=clock())
+    message = credits.spawn_refusal(ledger, site, cpu, now=clock())
     assert message and "ended on 2027-06-30" in message
 
 
@@ -111,7 +112,7 @@ def test_running_checks_warn_once_per_level_then_stop(ledger: UsageLedger, clock
     seen: list[str] = []
     for _ in range(12):
         clock.advance(H)
-        verdict = credits.check_running(ledger, site, "cy", None, [], gpus=0, now=clock())
+        verdict = credits.check_running(ledger, site, credits.Charge("cy"), now=clock())
         for key, level, message in verdict.notices:
             if ledger.notify("cy", key, level, message):
                 seen.append(f"{level}: {message.split(':')[0]}")
@@ -132,7 +133,7 @@ def test_enforce_warns_then_stops_after_the_grace_even_across_a_restart(tmp_path
     ledger.open("di/dask/c1/w1", "di", "cpu", cpus=1, gpus=0, scopes=[])
 
     def check(runs: str = "dask") -> tuple[list[str], credits.Budget | None]:
-        return credits.enforce(ledger, site, "di", None, [], gpus=0, now=clock(), runs=runs)
+        return credits.enforce(ledger, site, credits.Charge("di"), now=clock(), runs=runs)
 
     clock.advance(7 * H)
     assert check() == ([], None)
@@ -163,6 +164,6 @@ def test_enforce_stops_only_for_the_kind_of_budget_spent(ledger: UsageLedger, cl
     site = Credits(users={"ed": Quota(cpu_hours=100, gpu_hours=1)}, grace=0)
     ledger.open("ed/dask/gpu/w1", "ed", "gpu", cpus=1, gpus=1, scopes=[])
     clock.advance(2 * H)
-    _, spent = credits.enforce(ledger, site, "ed", None, [], gpus=1, now=clock(), runs="dask")
+    _, spent = credits.enforce(ledger, site, credits.Charge("ed", gpus=1), now=clock(), runs="dask")
     assert spent is not None and spent.kind == "gpu"
-    assert credits.enforce(ledger, site, "ed", None, [], gpus=0, now=clock(), runs="dask") == ([], None)
+    assert credits.enforce(ledger, site, credits.Charge("ed"), now=clock(), runs="dask") == ([], None)

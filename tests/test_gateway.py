@@ -24,11 +24,13 @@ from kube_support import K8S_VERSION, by_kind, chart_without_dependency, render
 
 from atlaslab.compute import credits as credits_mod
 from atlaslab.compute import gateway
+from atlaslab.compute.credits import Charge
 from atlaslab.compute.dask_cluster import cluster, gateway_options
+from atlaslab.compute.hubpart import gateway_part
 from atlaslab.compute.usage import UsageLedger
 from atlaslab.config import parse
-from atlaslab.hub import kube
-from atlaslab.hub.spawner import _gpu_share
+from atlaslab.core import kube
+from atlaslab.core.hubpart import merge
 
 GiB = 1024**3
 HOUR = 3600.0
@@ -148,9 +150,7 @@ def test_worker_resources_and_commands_follow_the_environment(loaded) -> None:
     shared = gateway.worker_config("gpu-shared", envs["gpu-shared"], k)
     assert shared["worker_extra_container_config"]["resources"]["limits"] == {"nvidia.com/gpu.shared": "1"}
     assert shared["worker_cmd"] == ["dask", "cuda", "worker"]
-    # GPU accounting per worker is the spawner's accounting per server.
     for key, env in envs.items():
-        assert gateway.gpu_share(env) == _gpu_share(env.model_dump()), key
         # Same resources as the environment's server pods (kube.py), only requests equal to limits.
         override = kube.environment_override(key, env, k)
         assert override.get("extra_resource_limits", {}) == gateway.worker_config(key, env, k).get(
@@ -163,10 +163,10 @@ def test_worker_resources_and_commands_follow_the_environment(loaded) -> None:
 
 def test_max_workers_from_budget_and_concurrent_gpus(loaded, ledger) -> None:
     credits = loaded.site.credits
-    scopes = credits_mod.scopes_of("rana", "rnd", ["vision"])
+    scopes = Charge("rana", "rnd", ("vision",)).scopes()
     used(ledger, "rana/old", "rana", gpus=1, cpus=1, hours=9, scopes=scopes)  # 9 of 10 GPU-hours: 1 left
     ledger.open("rana/", "rana", "gpu-one", 4, 1, scopes)  # a server holding 1 GPU now (limit 2 at once)
-    assert gateway.gpu_room(ledger, credits, gateway.Charge("rana", "gpu-one", "rnd", ["vision"], 1.0, 4.0)) == 1
+    assert gateway.gpu_room(ledger, credits, Charge("rana", "rnd", ("vision",), "gpu-one", 1.0, 4.0)) == 1
     config = gateway.cluster_config(loaded, ledger, "rana", RANA, False, "gpu-one", NOW)
     assert config["cluster_max_workers"] == 1 and config["namespace"] == "lab-rnd"
     # The gateway's own arithmetic from cores and memory gives the same single worker.
@@ -179,7 +179,7 @@ def test_max_workers_from_budget_and_concurrent_gpus(loaded, ledger) -> None:
     ledger.open(gateway.holder("rana", "lab-rnd.c1", "w1"), "rana", "gpu-one", 4, 1, scopes)
     with pytest.raises(gateway.Refused) as e:
         gateway.cluster_config(loaded, ledger, "rana", RANA, False, "gpu-one", NOW)
-    spawn = credits_mod.spawn_refusal(ledger, credits, "rana", "rnd", ["vision"], 1.0, NOW)
+    spawn = credits_mod.spawn_refusal(ledger, credits, Charge("rana", "rnd", ("vision",), gpus=1.0), NOW)
     assert (
         str(e.value)
         == spawn
@@ -191,16 +191,12 @@ def test_max_workers_from_budget_and_concurrent_gpus(loaded, ledger) -> None:
 
 def test_hours_left_bound_the_workers_and_an_empty_budget_is_refused_with_the_spawn_words(loaded, ledger) -> None:
     credits = loaded.site.credits
-    scopes = credits_mod.scopes_of("rana", "rnd", ["vision"])
+    scopes = Charge("rana", "rnd", ("vision",)).scopes()
     # 1 GPU-hour left, no GPU held: two one-GPU workers for half an hour each, not more.
     used(ledger, "rana/old", "rana", gpus=1, cpus=1, hours=9, scopes=scopes)
-    assert (
-        gateway.worker_limit(ledger, credits, gateway.Charge("rana", "gpu-one", "rnd", ["vision"], 1.0, 4.0), NOW) == 2
-    )
+    assert gateway.worker_limit(ledger, credits, Charge("rana", "rnd", ("vision",), "gpu-one", 1.0, 4.0), NOW) == 2
     # A two-GPU worker needs 1 GPU-hour for half an hour: one fits.
-    assert (
-        gateway.worker_limit(ledger, credits, gateway.Charge("rana", "gpu-two", "rnd", ["vision"], 2.0, 8.0), NOW) == 1
-    )
+    assert gateway.worker_limit(ledger, credits, Charge("rana", "rnd", ("vision",), "gpu-two", 2.0, 8.0), NOW) == 1
     # 0.2 GPU-hours left: a server could start, a worker cannot; the message says why.
     used(ledger, "rana/old2", "rana", gpus=1, cpus=1, hours=0.8, scopes=scopes)
     with pytest.raises(gateway.Refused) as e:
@@ -209,7 +205,7 @@ def test_hours_left_bound_the_workers_and_an_empty_budget_is_refused_with_the_sp
     assert "one Dask worker needs 0.5 GPU-hours" in str(e.value)
     # Nothing left: exactly the spawn page's refusal.
     used(ledger, "rana/old3", "rana", gpus=1, cpus=1, hours=1, scopes=scopes)
-    spawn = credits_mod.spawn_refusal(ledger, credits, "rana", "rnd", ["vision"], 1.0, NOW)
+    spawn = credits_mod.spawn_refusal(ledger, credits, Charge("rana", "rnd", ("vision",), gpus=1.0), NOW)
     assert spawn and spawn.startswith("No credit left in your own budget")
     with pytest.raises(gateway.Refused) as e:
         gateway.cluster_config(loaded, ledger, "rana", RANA, False, "gpu-one", NOW)
@@ -234,7 +230,7 @@ async def test_a_running_cluster_is_warned_then_stopped_after_the_grace_and_othe
         "lab-campus.s1": gateway.cluster_config(loaded, led, "sara", SARA, False, "gpu-shared", NOW),
     }
     for name, config in configs.items():
-        charge = gateway.Charge.from_cluster_config(config)
+        charge = gateway.charge_of_cluster(config)
         assert charge is not None
         gateway.UsageRecorder(led).started(charge, name, "w1")
     stopped: list[str] = []
@@ -372,23 +368,20 @@ def test_gateway_and_hub_configuration(loaded, tmp_path) -> None:
     assert c.KubeController.ledger_path == str(tmp_path / "state" / "compute" / "usage.sqlite")
     # The API server reads the ledger too: it re-checks scale requests and stops clusters whose budget is spent.
     assert c.KubeBackend.ledger_path == c.KubeController.ledger_path
-    hub = Config()
-    hub.JupyterHub.services = [{"name": "credits", "url": "http://x"}]
-    for _ in range(2):  # applying twice changes nothing
-        gateway.configure_hub(hub, "tok", "http://atlaslab-gateway.ns.svc:8000", "gateway://traefik.ns.svc:8786")
-    assert [s["name"] for s in hub.JupyterHub.services] == ["credits", "dask-gateway"]
-    assert hub.JupyterHub.services[1]["api_token"] == "tok"
-    assert hub.JupyterHub.extra_user_scopes == ["access:services!service=dask-gateway"]
-    assert "access:services!service=dask-gateway" in hub.Spawner.server_token_scopes
-    assert hub.KubeSpawner.environment["DASK_GATEWAY__ADDRESS"] == "http://atlaslab-gateway.ns.svc:8000"
+    part = gateway_part("tok", "http://atlaslab-gateway.ns.svc:8000", "gateway://traefik.ns.svc:8786")
+    assert part == gateway_part("tok", "http://atlaslab-gateway.ns.svc:8000", "gateway://traefik.ns.svc:8786")
+    assert [s["name"] for s in part.services] == ["dask-gateway"] and part.services[0]["api_token"] == "tok"
+    assert part.user_scopes == ("access:services!service=dask-gateway",)
+    assert "access:services!service=dask-gateway" in merge([part]).server_scopes
+    assert part.server_env["DASK_GATEWAY__ADDRESS"] == "http://atlaslab-gateway.ns.svc:8000"
     # In the hub pod: only when the chart generated the gateway's token (gateway.enabled).
     from atlaslab.hub import incluster
 
     for token in ("", "t0k"):
-        c = Config()
-        incluster.configure_gateway_service(c, incluster.Cluster("atlaslab", "10.0.0.5", "http://proxy"), token, {})
-        names = [s["name"] for s in (c.JupyterHub.get("services") or [])]
-        assert names == (["dask-gateway"] if token else [])
+        parts = incluster.gateway(
+            incluster.Cluster("atlaslab", "10.0.0.5", "http://proxy"), {"ATLASLAB_GATEWAY_TOKEN": token}
+        )
+        assert [s["name"] for p in parts for s in p.services] == (["dask-gateway"] if token else [])
 
 
 def test_cluster_scale_uses_the_gateway_only_where_one_is_configured(monkeypatch) -> None:
@@ -607,7 +600,7 @@ def test_end_to_end_a_users_cluster_computes_and_its_worker_is_counted(e2e) -> N
     assert report[("user", alice)] > 0 and report[("tenant", "campus")] >= report[("user", alice)]
     # Broke's budget is spent: refused with the words the spawn page uses.
     loaded = parse(e2e.wb.config.read_text(), source=e2e.wb.config, check_secrets=False)
-    spawn = credits_mod.spawn_refusal(ledger, loaded.site.credits, broke, "campus", [], 0.0, time.time())
+    spawn = credits_mod.spawn_refusal(ledger, loaded.site.credits, Charge(broke, "campus"), time.time())
     assert spawn and spawn.startswith("No credit left in your own budget")
     with pytest.raises(ValueError) as e:
         client_of(e2e, broke).new_cluster(environment="cpu-small")

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from atlaslab.compute import gpus
-from atlaslab.compute.allocation import GpuAllocator, NoGpuFree, Request
+from atlaslab.compute.allocation import GpuAllocator, NoGpuFree
+from atlaslab.config.schema import GPURequest as Request
 
 GiB = 1024**3
 

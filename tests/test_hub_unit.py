@@ -11,10 +11,11 @@ import pytest
 from traitlets.config import Config
 
 from atlaslab.config import LoadedConfig, load, parse
-from atlaslab.hub import apply as apply_mod
-from atlaslab.hub import membership, roles
+from atlaslab.core import accounts, membership
 from atlaslab.core.accounts import MAX_LEN, system_username
 from atlaslab.core.state import StateDir
+from atlaslab.hub import apply as apply_mod
+from atlaslab.hub import roles, services
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "examples" / "atlaslab.yaml"
@@ -211,18 +212,11 @@ def test_a_student_has_no_extra_role(example: LoadedConfig) -> None:
 # apply: each configure_* on a fresh Config
 
 
-def configured(fn, *args) -> Config:
+def step(fn, loaded: LoadedConfig, state: StateDir) -> Config:
+    """One step of apply, on a fresh Config, from the plan of ``loaded`` with its state in ``state``."""
     c = Config()
-    fn(c, *args)
+    fn(c, apply_mod.plan(with_state_dir(loaded, state.root)))
     return c
-
-
-def twice(fn, *args) -> tuple[Config, Config]:
-    once = configured(fn, *args)
-    again = Config()
-    fn(again, *args)
-    fn(again, *args)
-    return once, again
 
 
 @pytest.fixture
@@ -230,52 +224,48 @@ def state(tmp_path: Path) -> StateDir:
     return StateDir(tmp_path / "state").ensure()
 
 
-def test_configure_network(example: LoadedConfig) -> None:
-    c = configured(apply_mod.configure_network, example)
+def test_configure_network(example: LoadedConfig, state: StateDir) -> None:
+    c = step(apply_mod.configure_network, example, state)
     assert c.JupyterHub.bind_url == "http://127.0.0.1:8000/"
     assert c.JupyterHub.hub_ip == "127.0.0.1"
     assert c.JupyterHub.hub_port == 8081
     assert c.ConfigurableHTTPProxy.api_url == "http://127.0.0.1:8001"
 
 
-def test_configure_groups_and_roles(example: LoadedConfig) -> None:
-    c = configured(apply_mod.configure_groups, example)
+def test_configure_groups_and_roles(example: LoadedConfig, state: StateDir) -> None:
+    c = step(apply_mod.configure_groups, example, state)
     assert c.JupyterHub.load_groups == membership.config_groups(example)
-    service_role = {"name": "svc", "scopes": ["read:metrics"], "services": ["svc"]}
-    c = configured(apply_mod.configure_roles, example, [service_role])
-    assert c.JupyterHub.load_roles == [*roles.config_roles(example), service_role]
+    c = step(apply_mod.configure_roles, example, state)
+    service_roles = services.hub_part(example, state).roles
+    assert c.JupyterHub.load_roles[: len(roles.config_roles(example))] == roles.config_roles(example)
+    assert all(r in c.JupyterHub.load_roles for r in service_roles)
 
 
-def test_configure_users(example: LoadedConfig) -> None:
-    c = configured(apply_mod.configure_users, example)
+def test_configure_login(example: LoadedConfig, state: StateDir) -> None:
+    c = step(apply_mod.configure_login, example, state)
     assert c.Authenticator.admin_users == {"admin"}
     assert c.JupyterHub.admin_access is False
 
 
-def test_configure_limits(example: LoadedConfig) -> None:
-    c = configured(apply_mod.configure_limits, example)
+def test_configure_limits(example: LoadedConfig, state: StateDir) -> None:
+    c = step(apply_mod.configure_limits, example, state)
     assert c.JupyterHub.active_server_limit == 200
     assert c.JupyterHub.concurrent_spawn_limit == 100
 
 
 def test_configure_spawner(example: LoadedConfig, state: StateDir, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(apply_mod.os, "geteuid", lambda: 0)
-    c = configured(apply_mod.configure_spawner, example, state)
+    monkeypatch.setattr(accounts.os, "geteuid", lambda: 0)
+    c = step(apply_mod.configure_spawner, example, state)
     s = c.AtlasLabSpawner
     assert c.JupyterHub.spawner_class == "atlaslab.hub.spawner.AtlasLabSpawner"
     assert list(s.environments) == ORDER
-    assert s.environments["cpu-small"] == {
-        "title": "CPU - small",
-        "description": "1 core, 2 GB: exercises and course notebooks",
-        "cpu": 1.0,
-        "memory": 2 * 1024**3,
-        "processes": 512,
-        "gpu": None,
-        "default": True,
-    }
-    assert s.environments["gpu-slice"]["gpu"] == {"mig": "1g.10gb"}
-    assert s.environments["gpu-2x"]["gpu"] == {"count": 2}
-    assert s.environments["gpu-2x"]["memory"] == 128 * 1024**3
+    small = s.environments["cpu-small"]
+    assert small.display_title("cpu-small") == "CPU - small"
+    assert small.description == "1 core, 2 GB: exercises and course notebooks"
+    assert (small.cpu, small.memory, small.processes, small.gpu, small.default) == (1.0, 2 * 1024**3, 512, None, True)
+    assert s.environments["gpu-slice"].gpu.model_dump(exclude_none=True) == {"mig": "1g.10gb"}
+    assert s.environments["gpu-2x"].gpu.model_dump(exclude_none=True) == {"count": 2}
+    assert s.environments["gpu-2x"].memory == 128 * 1024**3
     assert s.access_rules == membership.access_rules(example)
     assert s.fallback_environments == ["cpu-small"]
     assert s.isolation == "system-users"
@@ -290,35 +280,34 @@ def test_configure_spawner(example: LoadedConfig, state: StateDir, monkeypatch: 
 
 
 def test_isolation_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    auto = parse("{}")
-    monkeypatch.setattr(apply_mod.os, "geteuid", lambda: 0)
-    assert apply_mod.isolation_mode(auto) == "system-users"
-    monkeypatch.setattr(apply_mod.os, "geteuid", lambda: 1000)
-    assert apply_mod.isolation_mode(auto) == "none"
-    assert apply_mod.isolation_mode(parse("spawner: {isolation: system-users}")) == "system-users"
+    auto = parse("{}").site.spawner.isolation
+    monkeypatch.setattr(accounts.os, "geteuid", lambda: 0)
+    assert accounts.isolation_mode(auto) == "system-users"
+    monkeypatch.setattr(accounts.os, "geteuid", lambda: 1000)
+    assert accounts.isolation_mode(auto) == "none"
+    assert accounts.isolation_mode(parse("spawner: {isolation: system-users}").site.spawner.isolation) == "system-users"
 
 
 def test_configure_services_with_the_idle_culler(example: LoadedConfig, state: StateDir) -> None:
-    c = Config()
-    service_roles = apply_mod.configure_services(c, example, state)
-    services = {s["name"]: s for s in c.JupyterHub.services}
-    # The example site's two courses each get a formgrader service named after the course.
-    assert list(services) == ["atlaslab-cli", "idle-culler", "prometheus", "ml-foundations", "agri-ai"]
-    culler = services["idle-culler"]["command"]
+    c = step(apply_mod.configure_services, example, state)
+    service_roles = services.hub_part(example, state).roles
+    by_service = {s["name"]: s for s in c.JupyterHub.services}
+    # The hub's own services, then the features' (the example site's two courses each get a formgrader service
+    # named after the course).
+    assert list(by_service)[:3] == ["atlaslab-cli", "idle-culler", "prometheus"]
+    assert {"ml-foundations", "agri-ai", "exchange", "autograder", "credits"} <= set(by_service)
+    services_ = by_service
+    culler = services_["idle-culler"]["command"]
     assert culler[:3] == [sys.executable, "-m", "jupyterhub_idle_culler"]
     assert "--timeout=3600" in culler
     assert "--cull-every=300" in culler
     assert not any(arg.startswith("--max-age") for arg in culler)
-    assert services["prometheus"]["api_token"] == state.secret("metrics-token")
-    assert services["atlaslab-cli"]["api_token"] == state.secret("cli-token")
+    assert services_["prometheus"]["api_token"] == state.secret("metrics-token")
+    assert services_["atlaslab-cli"]["api_token"] == state.secret("cli-token")
     assert c.JupyterHub.authenticate_prometheus is True
-    assert [r["name"] for r in service_roles] == [
-        "atlaslab-cli",
-        "atlaslab-idle-culler",
-        "atlaslab-metrics",
-        "formgrader.ml-foundations",
-        "formgrader.agri-ai",
-    ]
+    assert [r["name"] for r in service_roles] == ["atlaslab-cli", "atlaslab-idle-culler", "atlaslab-metrics"]
+    all_roles = step(apply_mod.configure_roles, example, state).JupyterHub.load_roles
+    assert {"formgrader.ml-foundations", "formgrader.agri-ai"} <= {r["name"] for r in all_roles}
     by_name = {r["name"]: r for r in service_roles}
     assert by_name["atlaslab-metrics"]["scopes"] == ["read:metrics"]
     assert "delete:servers" in by_name["atlaslab-idle-culler"]["scopes"]
@@ -326,9 +315,8 @@ def test_configure_services_with_the_idle_culler(example: LoadedConfig, state: S
 
 def test_idle_culler_follows_the_limits(state: StateDir) -> None:
     def culler(text: str) -> list[str] | None:
-        c = Config()
-        apply_mod.configure_services(c, parse(text), state)
-        return next((s["command"] for s in c.JupyterHub.services if s["name"] == "idle-culler"), None)
+        part = services.hub_part(parse(text), state)
+        return next((s["command"] for s in part.services if s["name"] == "idle-culler"), None)
 
     command = culler("limits: {idle_cull_after: 30m, max_server_age: 8h}")
     assert command is not None
@@ -351,42 +339,61 @@ services:
     - {name: quiet, command: [sleep, infinity]}
 """
     )
-    c = Config()
-    service_roles = apply_mod.configure_services(c, loaded, state)
-    services = {s["name"]: s for s in c.JupyterHub.services}
-    assert list(services) == ["atlaslab-cli", "idle-culler", "tensorboard", "quiet"]
-    assert services["tensorboard"] == {
+    part = services.hub_part(loaded, state)
+    service_roles = list(part.roles)
+    by_name = {s["name"]: s for s in part.services}
+    assert list(by_name) == ["atlaslab-cli", "idle-culler", "tensorboard", "quiet"]
+    assert by_name["tensorboard"] == {
         "name": "tensorboard",
         "command": ["tensorboard", "--logdir", "runs"],
         "environment": {"A": "b"},
         "url": "http://127.0.0.1:5000",
     }
-    assert "url" not in services["quiet"]
+    assert "url" not in by_name["quiet"]
     assert {"name": "service-tensorboard", "scopes": ["read:users"], "services": ["tensorboard"]} in service_roles
     assert not any(r["name"] == "service-quiet" for r in service_roles)
 
 
-@pytest.mark.parametrize(
-    "name", ["configure_network", "configure_users", "configure_groups", "configure_limits", "configure_spawner"]
-)
-def test_configure_functions_are_idempotent(name: str, example: LoadedConfig, state: StateDir) -> None:
-    fn = getattr(apply_mod, name)
-    args = (example, state) if name == "configure_spawner" else (example,)
-    once, again = twice(fn, *args)
+@pytest.mark.parametrize("fn", apply_mod.STEPS, ids=lambda fn: fn.__name__)
+def test_each_step_is_idempotent(fn, example: LoadedConfig, tmp_path: Path) -> None:
+    p = apply_mod.plan(with_state_dir(example, tmp_path / "state"))
+    once, again = Config(), Config()
+    fn(once, p)
+    fn(again, p)
+    fn(again, p)
     assert once == again
-    assert once == configured(fn, *args)
 
 
-def test_configure_services_and_state_are_idempotent(example: LoadedConfig, state: StateDir) -> None:
-    once, again = twice(apply_mod.configure_services, example, state)
-    assert once == again
-    once, again = twice(apply_mod.configure_state, example, state)
-    assert once == again
+def test_steps_give_the_same_config_in_any_order(example: LoadedConfig, tmp_path: Path) -> None:
+    """No step reads or merges into another's output: every order of the steps gives one config."""
+    p = apply_mod.plan(with_state_dir(example, tmp_path / "state"))
+    reference = apply_mod.apply_plan(Config(), p)
+    orders = [list(reversed(apply_mod.STEPS))] + [
+        [*apply_mod.STEPS[i:], *apply_mod.STEPS[:i]] for i in range(1, len(apply_mod.STEPS))
+    ]
+    for order in orders:
+        c = Config()
+        for fn in order:
+            fn(c, p)
+        assert c == reference, [fn.__name__ for fn in order]
+
+
+def test_steps_set_disjoint_traits(example: LoadedConfig, tmp_path: Path) -> None:
+    """Each trait has one owner: a step that set another's trait would make the order matter again."""
+    p = apply_mod.plan(with_state_dir(example, tmp_path / "state"))
+    owner: dict[tuple[str, str], str] = {}
+    for fn in apply_mod.STEPS:
+        c = Config()
+        fn(c, p)
+        for section, values in c.items():
+            for key in values:
+                assert (section, key) not in owner, f"{section}.{key}: {owner[(section, key)]} and {fn.__name__}"
+                owner[(section, key)] = fn.__name__
 
 
 def test_configure_state_creates_private_secrets(example: LoadedConfig, tmp_path: Path) -> None:
     state = StateDir(tmp_path / "state").ensure()
-    c = configured(apply_mod.configure_state, example, state)
+    c = step(apply_mod.configure_state, with_state_dir(example, tmp_path / "state"), state)
     assert c.JupyterHub.db_url == f"sqlite:///{tmp_path / 'state' / 'jupyterhub.sqlite'}"
     assert c.JupyterHub.cookie_secret == bytes.fromhex(state.secret("cookie-secret"))
     assert len(c.JupyterHub.cookie_secret) == 32
@@ -427,12 +434,8 @@ def test_apply_writes_private_secrets_and_reuses_them(example: LoadedConfig, tmp
 
 
 def plain(c: Config) -> dict:
-    """The config without callables (hooks are new closures on each apply)."""
-    return {
-        section: {k: v for k, v in values.items() if not callable(v)}
-        for section, values in c.items()
-        if isinstance(values, Config)
-    }
+    """The config as plain data (hooks compare by value)."""
+    return {section: dict(values) for section, values in c.items() if isinstance(values, Config)}
 
 
 def test_apply_sets_the_limits_and_services(example: LoadedConfig, tmp_path: Path) -> None:

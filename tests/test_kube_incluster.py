@@ -11,7 +11,7 @@ import yaml
 from kube_support import CHART, by_kind, chart_without_dependency, hub_user, offline_kubeconfig, pod_for, render
 from traitlets.config import Config
 
-from atlaslab.hub import incluster
+from atlaslab.config import mounted as mounted_mod
 
 POD_IP = "10.42.0.7"
 TOKENS = {"ATLASLAB_EXCHANGE_TOKEN": "exchange-token-from-secret", "ATLASLAB_MLFLOW_TOKEN": "mlflow-token-from-secret"}
@@ -146,5 +146,5 @@ def test_a_site_file_cannot_leave_the_site_directory(tmp_path: Path) -> None:
     (mounted / "atlaslab.yaml").write_text("{}\n")
     (mounted / "files.json").write_text('{"../../etc/evil": "x"}')
     with pytest.raises(ValueError, match="leaves the site directory"):
-        incluster.materialise(mounted, tmp_path / "state" / "site")
+        mounted_mod.materialise(mounted, tmp_path / "state" / "site")
     assert not (tmp_path / "etc").exists()

@@ -12,8 +12,8 @@ from kubespawner import KubeSpawner
 from traitlets.config import Config
 
 from atlaslab.config import parse
+from atlaslab.core import kube
 from atlaslab.hub import apply as apply_mod
-from atlaslab.hub import kube
 
 SITE = """
 site: {state_dir: STATE}
@@ -108,9 +108,8 @@ def test_overrides_are_plain_data_and_applying_twice_changes_nothing(tmp_path) -
     loaded = parse(SITE.replace("STATE", str(tmp_path / "state")))
     first = kube.profiles(loaded)
     assert first == kube.profiles(loaded)
-    c = Config()
-    kube.configure_kubernetes(c, loaded)
-    kube.configure_kubernetes(c, loaded)
+    c = apply_mod.apply(Config(), loaded)
+    assert c == apply_mod.apply(c, loaded)  # applying twice changes nothing
     assert c.JupyterHub.spawner_class == "kubespawner.KubeSpawner"
     assert c.KubeSpawner.storage_capacity == str(5 * 1024**3) and c.KubeSpawner.storage_class == "fast"
     # Off by default: one machine keeps AtlasLab's own spawner.

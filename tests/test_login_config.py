@@ -9,11 +9,11 @@ from jupyterhub import orm
 from traitlets.config import Config
 
 from atlaslab.config import ConfigError, load
+from atlaslab.core.state import StateDir
 from atlaslab.hub.auth import configure_authenticator
 from atlaslab.hub.auth.multi import MultiLoginAuthenticator
 from atlaslab.hub.auth.native import AtlasLabNativeAuthenticator
 from atlaslab.hub.auth.oauth import Intra42Authenticator, OIDCAuthenticator
-from atlaslab.core.state import StateDir
 
 TENANTS = "tenants: {school: {title: S, members: [amina]}, lab: {title: L}}\n"
 OIDC = """

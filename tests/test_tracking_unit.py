@@ -7,11 +7,11 @@ import stat
 from pathlib import Path
 
 import pytest
-from traitlets.config import Config
 
 from atlaslab.config import ConfigError, parse
+from atlaslab.core.hubpart import merge
 from atlaslab.core.state import StateDir
-from atlaslab.tracking import hub as tracking_hub
+from atlaslab.tracking import hubpart as tracking_hub
 from atlaslab.tracking import policy
 from atlaslab.tracking.policy import Member, Refused
 
@@ -132,31 +132,25 @@ def test_configure_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(tracking_hub, "ensure_service_account", lambda *a: None)
     loaded = parse(site(tmp_path, "  enabled: true\n  permission_cache: 3s\n"), source=tmp_path / "a.yaml")
     state = StateDir(loaded.state_dir).ensure()
-    c = Config()
-    c.JupyterHub.services = [{"name": "other"}]
-    c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", "x"]
-    tracking_hub.configure_tracking(c, loaded, state)
-    tracking_hub.configure_tracking(c, loaded, state)  # twice gives the same
-    names = [s["name"] for s in c.JupyterHub.services]
-    assert names == ["other", "mlflow"]
-    service = c.JupyterHub.services[1]
+    part = tracking_hub.hub_part(loaded, state)
+    assert part == tracking_hub.hub_part(loaded, state)  # twice gives the same
+    assert [s["name"] for s in part.services] == ["mlflow"]
+    service = part.services[0]
     assert service["url"] == f"http://127.0.0.1:{loaded.site.site.service_ports + 2}"
     assert service["environment"]["ATLASLAB_MLFLOW_CACHE_TTL"] == "3"
     assert service["environment"]["ATLASLAB_MLFLOW_BACKEND"].startswith("sqlite:///")
     assert service["oauth_no_confirm"] is True
-    assert [r["name"] for r in c.JupyterHub.load_roles] == ["atlaslab-mlflow"]
-    assert c.JupyterHub.extra_user_scopes == ["access:services!service=mlflow"]
-    assert c.Spawner.server_token_scopes == [
-        "users:activity!user",
-        "access:servers!server",
-        "x",
-        tracking_hub.ACCESS_SCOPE,
-    ]
+    assert [r["name"] for r in part.roles] == ["atlaslab-mlflow"]
+    assert part.user_scopes == ("access:services!service=mlflow",)
+    assert part.server_scopes == (tracking_hub.ACCESS_SCOPE,)
+    # Assembled with the other features, users' server tokens keep JupyterHub's defaults and gain MLflow's.
+    merged = merge([part]).server_scopes
+    assert merged == ["users:activity!user", "access:servers!server", tracking_hub.ACCESS_SCOPE]
     for name in ("mlflow-token", "mlflow-flask-secret"):
         mode = stat.S_IMODE(os.stat(state.secret_path(name)).st_mode)
         assert mode == 0o600, oct(mode)
     assert stat.S_IMODE(os.stat(state.root / "mlflow").st_mode) == 0o700
-    env = c.AtlasLabSpawner.environment
+    env = part.server_env
     assert env["MLFLOW_TRACKING_URI"].endswith("/services/mlflow")
     assert env["MLFLOW_ENABLE_ASYNC_LOGGING"] == "true"
 
@@ -172,9 +166,8 @@ def test_configure_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_tracking_off_adds_nothing(tmp_path: Path) -> None:
     loaded = parse(f"site:\n  state_dir: {tmp_path / 'state'}\n")
-    c = Config()
-    tracking_hub.configure_tracking(c, loaded, StateDir(loaded.state_dir).ensure())
-    assert "services" not in c.JupyterHub and "environment" not in c.AtlasLabSpawner
+    part = tracking_hub.hub_part(loaded, StateDir(loaded.state_dir).ensure())
+    assert not part.services and not part.server_env and not part.user_scopes
     assert not (tmp_path / "state" / "mlflow").exists()
 
 

@@ -21,7 +21,7 @@ PacksOpt = Annotated[
 @course_app.command("list")
 def course_list(packs_dir: PacksOpt = None) -> None:
     """List the course packs with their assignments."""
-    from atlaslab import packs
+    from atlaslab.grading import packs
 
     try:
         found = packs.packs(packs_dir)
@@ -45,7 +45,7 @@ def course_install(
     config: ConfigOpt = None,
 ) -> None:
     """Install PACK into a hub course: its sources copied, every assignment generated, ready to release."""
-    from atlaslab import packs
+    from atlaslab.grading import packs
 
     try:
         found = packs.find(pack, packs_dir)

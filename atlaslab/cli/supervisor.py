@@ -22,7 +22,7 @@ from atlaslab.config import LoadedConfig
 from atlaslab.core.accounts import isolation_mode
 from atlaslab.core.state import StateDir
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # atlaslab/
 HUB_CONFIG = PACKAGE_DIR / "hub" / "jupyterhub_config.py"
 REPO_NODE_BIN = PACKAGE_DIR.parent / "node_modules" / ".bin"
 CHP_VERSION = "5"

@@ -1,7 +1,7 @@
 """Dask Gateway for AtlasLab: which environments a user's clusters may use, what each worker looks like, how many
 workers the user's budgets leave, and every worker counted in the usage ledger.
 
-Pure functions (in the manner of KubeSpawner's ``objects.py``, and of :mod:`atlaslab.hub.kube`) turn the site
+Pure functions (in the manner of KubeSpawner's ``objects.py``, and of :mod:`atlaslab.core.kube`) turn the site
 config, a user's hub groups and the ledger into the configuration dask-gateway-server's ``cluster_options``
 handler returns for one cluster. The handler runs server-side, as the user the hub vouched for, so nothing in it
 can be chosen by the user except the environment, and that only among the ones their groups allow. The backends
@@ -80,7 +80,7 @@ def worker_command(env: Environment, dask: str = "dask") -> list[str]:
 
 def worker_config(key: str, env: Environment, kube: Kubernetes, dask: str = "dask") -> dict[str, Any]:
     """The worker (and scheduler) part of a KubeClusterConfig for ``env``: the same image, limits, GPU resources,
-    node selector and tolerations as the environment's servers (:mod:`atlaslab.hub.kube`)."""
+    node selector and tolerations as the environment's servers (:mod:`atlaslab.core.kube`)."""
     cores = float(env.cpu)
     memory = int(env.memory)
     limits = {name: str(n) for name, n in gpu_limits(env, kube).items()}

@@ -15,7 +15,7 @@ import os
 import pwd
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from traitlets.config import Config
 
@@ -45,6 +45,9 @@ class Plan:
     state: StateDir
     parts: Assembled
     in_cluster: bool = False  # in Zero to JupyterHub's hub pod: the chart owns network, database and secrets
+    # In the hub pod: KubeSpawner's environment and labels as Zero to JupyterHub's own config set them (its
+    # singleuser.extraEnv, its labels); AtlasLab adds to them. Read before any step runs.
+    chart_pods: dict[str, dict] = field(default_factory=dict)
 
 
 def feature_parts(loaded: LoadedConfig, state: StateDir) -> list[HubPart]:
@@ -56,9 +59,14 @@ def feature_parts(loaded: LoadedConfig, state: StateDir) -> list[HubPart]:
     ]
 
 
-def plan(loaded: LoadedConfig, extra: list[HubPart] | None = None, in_cluster: bool = False) -> Plan:
+def plan(
+    loaded: LoadedConfig,
+    extra: list[HubPart] | None = None,
+    in_cluster: bool = False,
+    chart_pods: dict[str, dict] | None = None,
+) -> Plan:
     state = StateDir(loaded.state_dir).ensure()
-    return Plan(loaded, state, merge([*feature_parts(loaded, state), *(extra or [])]), in_cluster)
+    return Plan(loaded, state, merge([*feature_parts(loaded, state), *(extra or [])]), in_cluster, chart_pods or {})
 
 
 # ---- the steps -----------------------------------------------------------------------------------------------
@@ -159,7 +167,7 @@ def configure_spawner(c: Config, p: Plan) -> None:
 
 
 def configure_pods(c: Config, p: Plan) -> None:
-    configure_kubernetes(c, p.loaded, p.parts.server_env, p.in_cluster)
+    configure_kubernetes(c, p.loaded, p.parts.server_env, p.chart_pods if p.in_cluster else None)
 
 
 STEPS: tuple[Callable[[Config, Plan], None], ...] = (

@@ -132,7 +132,8 @@ def apply_in_hub_pod(c: Config, env: dict[str, str] | None = None) -> LoadedConf
     env = dict(os.environ if env is None else env)
     loaded = load_mounted(env, state_dir(env) / "site")
     cluster = cluster_from_env(env)
-    p = plan(loaded, extra=gateway(cluster, env), in_cluster=True)
+    chart = {trait: dict(c.KubeSpawner.get(trait) or {}) for trait in ("environment", "extra_labels")}
+    p = plan(loaded, extra=gateway(cluster, env), in_cluster=True, chart_pods=chart)
     tokens = {name: env.get(var, "") for name, var in TOKEN_ENV.items()}
     apply_plan(c, dataclasses.replace(p, parts=relocate(p.parts, cluster, tokens)))
     return loaded

@@ -76,7 +76,10 @@ def pod_environment(loaded: LoadedConfig, server_env: dict[str, Any]) -> dict[st
     return env
 
 
-def configure_kubernetes(c: Config, loaded: LoadedConfig, server_env: dict[str, Any], in_cluster: bool) -> None:
+def configure_kubernetes(
+    c: Config, loaded: LoadedConfig, server_env: dict[str, Any], chart: dict[str, dict] | None
+) -> None:
+    """``chart``: in the hub pod, the environment and labels Zero to JupyterHub set, which AtlasLab extends."""
     kube = loaded.site.kubernetes
     if not kube.enabled:
         return
@@ -98,8 +101,8 @@ def configure_kubernetes(c: Config, loaded: LoadedConfig, server_env: dict[str, 
     c.KubeSpawner.allow_privilege_escalation = False
     c.KubeSpawner.uid = 1000
     c.KubeSpawner.fs_gid = 100
-    c.KubeSpawner.environment = pod_environment(loaded, server_env)
-    if in_cluster:
-        c.KubeSpawner.extra_labels = dict(HUB_ACCESS_LABEL)
+    c.KubeSpawner.environment = {**(chart or {}).get("environment", {}), **pod_environment(loaded, server_env)}
+    if chart is not None:
+        c.KubeSpawner.extra_labels = {**chart.get("extra_labels", {}), **HUB_ACCESS_LABEL}
     c.KubeSpawner.start_timeout = loaded.site.limits.start_timeout
     c.KubeSpawner.http_timeout = loaded.site.limits.start_timeout

@@ -10,7 +10,7 @@ kept in their own user settings, which override defaults, so their choice still 
   ``--LabApp.app_settings_dir`` (atlaslab/hub/spawner.py).
 * Kubernetes: the user image carries the same directories and a ``jupyter_server_config.py`` reading
   ``ATLASLAB_LANGUAGE`` (written by atlaslab/hub/imageconfig.py); KubeSpawner sets that variable per user
-  (atlaslab/hub/kube.py).
+  (atlaslab/core/kube.py).
 """
 
 from __future__ import annotations
