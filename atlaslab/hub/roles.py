@@ -8,7 +8,6 @@ reaches their own tenant's or course's people.
 from __future__ import annotations
 
 from atlaslab.config import LoadedConfig
-
 from atlaslab.core.membership import course_group, tenant_admins_group, tenant_group
 
 
