@@ -114,8 +114,14 @@ def parse(text: str, *, source: Path | None = None, check_secrets: bool = True) 
     """Validate the YAML ``text`` of a site config read from ``source`` (relative paths start there)."""
     label = str(source) if source else "<string>"
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        # One pass gives both the node tree (lines, duplicate keys) and the data, as yaml.safe_load builds it.
+        # PyYAML's own loader, not libyaml's: libyaml accepts tabs PyYAML refuses, which would change what loads.
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         raise ConfigError([yaml_problem(e, label)]) from None
     doc = _Document(node)
