@@ -8,9 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from atlaslab.cli import app
-from atlaslab.config import LoadedConfig, find_config_path, load, parse
-from atlaslab.config import loader as loader_mod
-from atlaslab.config.loader import read_roster
+from atlaslab.config import LoadedConfig, find_config_path, load, loading, parse
+from atlaslab.config.rosters import read_roster
 from atlaslab.config.schema import NativeLogin, SiteConfig
 
 ROOT = Path(__file__).parent.parent
@@ -23,7 +22,7 @@ GiB = 1024**3
 def no_default_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working directory without atlaslab.yaml, no $ATLASLAB_CONFIG and no /etc/atlaslab/atlaslab.yaml."""
     monkeypatch.delenv("ATLASLAB_CONFIG", raising=False)
-    monkeypatch.setattr(loader_mod, "SYSTEM_CONFIG", tmp_path / "etc" / "atlaslab.yaml")
+    monkeypatch.setattr(loading, "SYSTEM_CONFIG", tmp_path / "etc" / "atlaslab.yaml")
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -149,9 +148,9 @@ def test_relative_paths_without_a_source_start_in_the_working_directory(no_defau
 
 def test_default_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     loaded = LoadedConfig(site=SiteConfig(), source=None)
-    monkeypatch.setattr(loader_mod.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(loading.os, "geteuid", lambda: 0)
     assert loaded.state_dir == Path("/var/lib/atlaslab")
-    monkeypatch.setattr(loader_mod.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(loading.os, "geteuid", lambda: 1000)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert loaded.state_dir == tmp_path / "xdg" / "atlaslab"
     monkeypatch.delenv("XDG_DATA_HOME")

@@ -1,4 +1,9 @@
-"""The `atlaslab` command."""
+"""The `atlaslab` command.
+
+Start-up is kept short (``atlaslab --help`` and ``atlaslab config check`` answer in well under half a second):
+importing this package registers every command but imports what a command needs (the hub, httpx, nbgrader,
+the compute modules, rich's progress bars) only inside the command. tests/test_cli_startup.py keeps it so.
+"""
 
 from __future__ import annotations
 
@@ -8,50 +13,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from atlaslab.config import ConfigError, LoadedConfig, load
+from .common import ConfigOpt, app, config_app, err, load_or_exit, out, users_app
 
-from . import doctor as doctor_mod
-from . import hubapi
-
-app = typer.Typer(
-    help="AtlasLab: an AI lab workbench on JupyterHub.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,  # locals may hold tokens and passwords
-)
-config_app = typer.Typer(help="Check the site config and print its schema or reference.", no_args_is_help=True)
-users_app = typer.Typer(help="Manage users in bulk.", no_args_is_help=True)
-app.add_typer(config_app, name="config")
-app.add_typer(users_app, name="users")
-
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        envvar="ATLASLAB_CONFIG",
-        readable=False,  # the loader reports an unreadable file in its own one-line format
-        help="Site config file (default: atlaslab.yaml).",
-    ),
-]
-
-
-def load_or_exit(path: Path | None, *, check_secrets: bool = True) -> LoadedConfig:
-    try:
-        return load(path, check_secrets=check_secrets)
-    except ConfigError as e:
-        for problem in e.problems:
-            err.print(f"[red]error[/red] {escape(str(problem))}", soft_wrap=True)
-        count = f"{len(e.problems)} problem" + ("" if len(e.problems) == 1 else "s")
-        where = f" in {escape(e.problems[0].file)}" if e.problems else ""
-        err.print(f"{count}{where}; nothing was started or changed.")
-        raise typer.Exit(2) from None
+__all__ = ["ConfigOpt", "app", "err", "load_or_exit", "main", "out"]
 
 
 @app.command()
@@ -75,14 +40,19 @@ def up(
 @app.command()
 def status(config: ConfigOpt = None) -> None:
     """Show whether the proxy and hub run, and who has a server."""
+    from atlaslab.cli import hubapi
+
     loaded = load_or_exit(config, check_secrets=False)
     raise typer.Exit(hubapi.print_status(loaded, out))
 
 
-@app.command()
-def doctor(config: ConfigOpt = None) -> None:
+# Not named `doctor`: importing the submodule atlaslab.cli.doctor would rebind that name in this package.
+@app.command("doctor")
+def doctor_command(config: ConfigOpt = None) -> None:
     """Check ports, proxy, Node, GPUs, permissions and the config; say what to fix."""
-    raise typer.Exit(doctor_mod.run(config, out))
+    from atlaslab.cli import doctor
+
+    raise typer.Exit(doctor.run(config, out))
 
 
 @config_app.command("check")
@@ -145,12 +115,16 @@ def users_import(
     config: ConfigOpt = None,
 ) -> None:
     """Add the students of ROSTER to COURSE on the running hub (creates the users)."""
+    from atlaslab.cli import hubapi
+
     loaded = load_or_exit(config, check_secrets=False)
     raise typer.Exit(hubapi.import_roster(loaded, roster, course, out, err))
 
 
+# Importing these registers their commands on `app` (after the ones above, which keeps the order of --help);
+# each imports its heavy parts inside its commands.
 from . import courses as courses  # noqa: E402  (adds `course list` and `course install`)
-from . import grading as grading  # noqa: E402  (adds `grade` and `grades export`; uses the names above)
+from . import grading as grading  # noqa: E402  (adds `grade` and `grades export`)
 from . import usage as usage  # noqa: E402  (adds `usage report`)
 
 

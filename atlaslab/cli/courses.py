@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from atlaslab.cli import ConfigOpt, app, err, load_or_exit, out
+from atlaslab.cli.common import ConfigOpt, app, err, load_or_exit, out
 
 course_app = typer.Typer(help="Course packs: ready-made nbgrader courses.", no_args_is_help=True)
 app.add_typer(course_app, name="course")
@@ -21,6 +20,8 @@ PacksOpt = Annotated[
 @course_app.command("list")
 def course_list(packs_dir: PacksOpt = None) -> None:
     """List the course packs with their assignments."""
+    from rich.table import Table
+
     from atlaslab.grading import packs
 
     try:

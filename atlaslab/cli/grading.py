@@ -8,17 +8,16 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
-from atlaslab.cli import ConfigOpt, app, err, load_or_exit, out
-from atlaslab.config import LoadedConfig
-from atlaslab.config.schema import Grading
+from atlaslab.cli.common import ConfigOpt, app, err, load_or_exit, out
+
+if TYPE_CHECKING:  # only a type here: importing the config package would load the schema (pydantic) at start-up
+    from atlaslab.config import LoadedConfig
 
 grades_app = typer.Typer(help="Export grades from a course's gradebook.", no_args_is_help=True)
 app.add_typer(grades_app, name="grades")
@@ -55,6 +54,8 @@ def grade(
     config: ConfigOpt = None,
 ) -> None:
     """Autograde all collected submissions of ASSIGNMENT in parallel, each notebook in a sandbox."""
+    from atlaslab.config.schema import Grading
+
     loaded = None if course_dir else load_or_exit(config, check_secrets=False)
     root, hidden = _course_root_or_exit(course, course_dir, loaded)
     site = (loaded.site.grading if loaded else None) or Grading()
@@ -143,6 +144,16 @@ def run_grade(
     err: Console,
     as_json: bool = False,
 ) -> int:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
     from atlaslab.grading.autograde import AutogradeError, GradeOptions, autograde
     from atlaslab.grading.sandbox import SandboxLimits
 

@@ -13,7 +13,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from atlaslab.cli.supervisor import read_pid
 from atlaslab.config import LoadedConfig
-from atlaslab.config.loader import read_roster
+from atlaslab.config.rosters import read_roster
 from atlaslab.core.membership import course_group, tenant_group
 from atlaslab.core.state import StateDir
 

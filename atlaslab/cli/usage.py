@@ -10,9 +10,8 @@ from typing import Annotated, Literal
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from atlaslab.cli import ConfigOpt, app, err, load_or_exit, out
+from atlaslab.cli.common import ConfigOpt, app, err, load_or_exit, out
 
 usage_app = typer.Typer(help="Report GPU and CPU usage from the usage ledger.", no_args_is_help=True)
 app.add_typer(usage_app, name="usage")
@@ -43,6 +42,8 @@ def report(
     config: ConfigOpt = None,
 ) -> None:
     """GPU-hours and CPU-hours per tenant, team and user; running servers count up to now."""
+    from rich.table import Table
+
     from atlaslab.compute.usage import UsageLedger
 
     if period not in ("day", "week", "month", "year", "all"):

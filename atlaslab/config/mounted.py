@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .loader import LoadedConfig, load
+from .loading import LoadedConfig, load
 
 DEFAULT_STATE_DIR = "/srv/jupyterhub/atlaslab"  # on the hub's volume (Zero to JupyterHub's hub-db-dir)
 DEFAULT_SITE_DIR = "/etc/atlaslab"  # the ConfigMap atlaslab-site, mounted by the chart
