@@ -24,11 +24,12 @@ from atlaslab.grading.exchange import API_PATH
 from atlaslab.grading.exchange.archive import ArchiveError, pack, unpack
 
 
-def _q(value: str) -> str:
+def url_part(value: str) -> str:
+    """``value`` as one segment of a path on the service (a slash in it is quoted too)."""
     return quote(value, safe="")
 
 
-def _utc(value: str) -> datetime:
+def naive_utc(value: str) -> datetime:
     """A timestamp from the service (ISO 8601, UTC) as nbgrader compares them: naive UTC."""
     return datetime.fromisoformat(value).astimezone(UTC).replace(tzinfo=None)
 

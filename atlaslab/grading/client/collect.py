@@ -11,7 +11,7 @@ from collections import defaultdict
 
 from nbgrader.exchange import abc
 
-from atlaslab.grading.client.base import Exchange, _q, _utc
+from atlaslab.grading.client.base import Exchange, naive_utc, url_part
 
 SAFE_NAME = re.compile(r"^[^/\x00]+$")
 
@@ -30,13 +30,13 @@ class ExchangeCollect(Exchange, abc.ExchangeCollect):
             params["student"] = cd.student_id
         records = self.api_json(
             "GET",
-            f"courses/{_q(cd.course_id)}/submissions",
+            f"courses/{url_part(cd.course_id)}/submissions",
             params=params,
             on={403: f"You are not an instructor or TA of {cd.course_id}: you cannot collect its submissions."},
         )["submissions"]
         by_student: dict[str, list[dict]] = defaultdict(list)
         for record in records:
-            record["utc"] = _utc(record["timestamp"])
+            record["utc"] = naive_utc(record["timestamp"])
             by_student[record["student"]].append(record)
         with Gradebook(cd.db_url, cd.course_id) as gb:
             try:
@@ -88,7 +88,7 @@ class ExchangeCollect(Exchange, abc.ExchangeCollect):
                 self.log.info(f"Updating submission: {student} {cd.assignment_id}")
             else:
                 self.log.info(f"Collecting submission: {student} {cd.assignment_id}")
-            data = self.download(f"courses/{_q(cd.course_id)}/submissions/{rec['id']}/archive", rec["sha256"])
+            data = self.download(f"courses/{url_part(cd.course_id)}/submissions/{rec['id']}/archive", rec["sha256"])
             tmp = self.unpack_beside(data, dest_path)
             try:
                 payload = os.path.join(tmp, "payload")

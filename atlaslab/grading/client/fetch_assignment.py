@@ -9,7 +9,7 @@ import shutil
 
 from nbgrader.exchange import abc
 
-from atlaslab.grading.client.base import Exchange, _q
+from atlaslab.grading.client.base import Exchange, url_part
 
 
 class ExchangeFetchAssignment(Exchange, abc.ExchangeFetchAssignment):
@@ -17,7 +17,7 @@ class ExchangeFetchAssignment(Exchange, abc.ExchangeFetchAssignment):
         course, assignment = self.coursedir.course_id, self.coursedir.assignment_id
         if course == "":
             self.fail("No course id specified. Re-run with --course flag.")
-        self.src_path = f"courses/{_q(course)}/assignments/{_q(assignment)}"
+        self.src_path = f"courses/{url_part(course)}/assignments/{url_part(assignment)}"
         self.record = self.api_json(
             "GET",
             self.src_path,

@@ -9,7 +9,7 @@ import os
 
 from nbgrader.exchange import abc
 
-from atlaslab.grading.client.base import Exchange, _q
+from atlaslab.grading.client.base import Exchange, url_part
 from atlaslab.grading.exchange.archive import ArchiveError, read_files
 
 
@@ -45,7 +45,7 @@ class ExchangeFetchFeedback(Exchange, abc.ExchangeFetchFeedback):
             course = record["course"]
             base = os.path.join(self.local_assignment_dir(course, record["assignment"]), "feedback")
             dest = os.path.join(os.path.abspath(base), self.format_timestamp(record["timestamp"]))
-            data = self.download(f"courses/{_q(course)}/submissions/{record['id']}/feedback")
+            data = self.download(f"courses/{url_part(course)}/submissions/{record['id']}/feedback")
             try:
                 pages = read_files(io.BytesIO(data), kind="feedback")
             except ArchiveError as e:

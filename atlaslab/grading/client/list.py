@@ -11,7 +11,7 @@ from collections import defaultdict
 
 from nbgrader.exchange import abc
 
-from atlaslab.grading.client.base import Exchange, _q
+from atlaslab.grading.client.base import Exchange, url_part
 
 
 def _sha256(path: str) -> str:
@@ -33,7 +33,7 @@ class ExchangeList(abc.ExchangeList, Exchange):
             self.records = []
             for c in courses:
                 params = {k: v for k, v in (("assignment", assignment), ("student", student)) if v}
-                self.records += self.api_json("GET", f"courses/{_q(c)}/submissions", params=params)["submissions"]
+                self.records += self.api_json("GET", f"courses/{url_part(c)}/submissions", params=params)["submissions"]
         elif self.cached:
             params = {k: v for k, v in (("course", course), ("assignment", assignment)) if v}
             self.records = self.api_json("GET", "submissions", params=params)["submissions"]
@@ -77,9 +77,9 @@ class ExchangeList(abc.ExchangeList, Exchange):
             ]
         else:
             info["status"] = "released"
-            info["path"] = self.web_url(f"courses/{_q(course)}/assignments/{_q(assignment)}")
+            info["path"] = self.web_url(f"courses/{url_part(course)}/assignments/{url_part(assignment)}")
             info["notebooks"] = [
-                {"notebook_id": nb, "path": f"{info['path']}/{_q(nb)}.ipynb"} for nb in record["notebooks"]
+                {"notebook_id": nb, "path": f"{info['path']}/{url_part(nb)}.ipynb"} for nb in record["notebooks"]
             ]
         if self.remove:
             info["status"] = "removed"
@@ -96,7 +96,7 @@ class ExchangeList(abc.ExchangeList, Exchange):
             "assignment_id": assignment,
             "timestamp": timestamp,
             "status": "removed" if self.remove else "submitted",
-            "path": self.web_url(f"courses/{_q(course)}/submissions/{record['id']}"),
+            "path": self.web_url(f"courses/{url_part(course)}/submissions/{record['id']}"),
             "sha256": record["sha256"],
             "notebooks": [],
         }
@@ -109,7 +109,7 @@ class ExchangeList(abc.ExchangeList, Exchange):
             info["notebooks"].append(
                 {
                     "notebook_id": nb,
-                    "path": f"{info['path']}/{_q(nb)}.ipynb",
+                    "path": f"{info['path']}/{url_part(nb)}.ipynb",
                     "has_local_feedback": has_local,
                     "has_exchange_feedback": remote is not None,
                     "local_feedback_path": local if has_local else None,
@@ -165,5 +165,5 @@ class ExchangeList(abc.ExchangeList, Exchange):
         self.log.info("Removing released assignments:")
         for info in assignments:
             self.log.info(self.format_outbound_assignment(info))
-            self.api("DELETE", f"courses/{_q(info['course_id'])}/assignments/{_q(info['assignment_id'])}")
+            self.api("DELETE", f"courses/{url_part(info['course_id'])}/assignments/{url_part(info['assignment_id'])}")
         return assignments

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from nbgrader.exchange import abc
 
-from atlaslab.grading.client.base import Exchange, _q
+from atlaslab.grading.client.base import Exchange, url_part
 
 
 class ExchangeReleaseAssignment(Exchange, abc.ExchangeReleaseAssignment):
@@ -45,7 +45,7 @@ class ExchangeReleaseAssignment(Exchange, abc.ExchangeReleaseAssignment):
     def copy_files(self):
         course, assignment = self.coursedir.course_id, self.coursedir.assignment_id
         self.log.info(f"Source: {self.src_path}")
-        self.log.info(f"Destination: {self.web_url(f'courses/{_q(course)}/assignments/{_q(assignment)}')}")
+        self.log.info(f"Destination: {self.web_url(f'courses/{url_part(course)}/assignments/{url_part(assignment)}')}")
         params = {"force": "1"} if self.force else {}
         # Students' servers cannot read the gradebook: the release carries the due date for their lists.
         due = self.gradebook_duedate()
@@ -53,7 +53,7 @@ class ExchangeReleaseAssignment(Exchange, abc.ExchangeReleaseAssignment):
             params["due"] = due.astimezone(UTC).isoformat()
         record = self.api_json(
             "PUT",
-            f"courses/{_q(course)}/assignments/{_q(assignment)}",
+            f"courses/{url_part(course)}/assignments/{url_part(assignment)}",
             params=params or None,
             content=self.pack_for_upload(self.src_path),
             on={409: f"Destination already exists, add --force to overwrite: {course} {assignment}"},

@@ -13,7 +13,7 @@ from datetime import datetime
 from nbgrader.exchange import abc
 from nbgrader.utils import parse_utc
 
-from atlaslab.grading.client.base import Exchange, _q, _utc
+from atlaslab.grading.client.base import Exchange, naive_utc, url_part
 from atlaslab.grading.exchange.archive import pack_files
 
 
@@ -49,7 +49,7 @@ class ExchangeReleaseFeedback(Exchange, abc.ExchangeReleaseFeedback):
             when = parse_utc(stamp)
             records = self.api_json(
                 "GET",
-                f"courses/{_q(cd.course_id)}/submissions",
+                f"courses/{url_part(cd.course_id)}/submissions",
                 params={"assignment": cd.assignment_id, "student": student},
             )["submissions"]
             record = self._match(records, when)
@@ -62,7 +62,7 @@ class ExchangeReleaseFeedback(Exchange, abc.ExchangeReleaseFeedback):
                     f"Releasing feedback for student '{student}' on assignment "
                     f"'{cd.course_id}/{cd.assignment_id}/{name[:-5]}' ({stamp})"
                 )
-            path = f"courses/{_q(cd.course_id)}/submissions/{record['id']}/feedback"
+            path = f"courses/{url_part(cd.course_id)}/submissions/{record['id']}/feedback"
             self.api("PUT", path, content=pack_files(files))
             self.log.info(f"Feedback released to: {self.web_url(path)}")
         if failed:
@@ -71,11 +71,11 @@ class ExchangeReleaseFeedback(Exchange, abc.ExchangeReleaseFeedback):
     @staticmethod
     def _match(records: list[dict], when: datetime) -> dict | None:
         """The submission made at ``when``: exactly, or to the second when timestamps were written without µs."""
-        exact = [r for r in records if _utc(r["timestamp"]) == when]
+        exact = [r for r in records if naive_utc(r["timestamp"]) == when]
         if exact:
             return exact[-1]
         if when.microsecond == 0:
-            same_second = [r for r in records if _utc(r["timestamp"]).replace(microsecond=0) == when]
+            same_second = [r for r in records if naive_utc(r["timestamp"]).replace(microsecond=0) == when]
             if len(same_second) == 1:
                 return same_second[0]
         return None

@@ -10,7 +10,7 @@ import os
 from nbgrader.exchange import abc
 from nbgrader.utils import find_all_notebooks
 
-from atlaslab.grading.client.base import Exchange, _q
+from atlaslab.grading.client.base import Exchange, url_part
 
 
 class ExchangeSubmit(Exchange, abc.ExchangeSubmit):
@@ -36,7 +36,7 @@ class ExchangeSubmit(Exchange, abc.ExchangeSubmit):
             )
         self.release = self.api_json(
             "GET",
-            f"courses/{_q(course)}/assignments/{_q(assignment)}",
+            f"courses/{url_part(course)}/assignments/{url_part(assignment)}",
             on={403: "You do not have access to this course.", 404: f"Assignment not found: {course} {assignment}"},
         )
 
@@ -66,7 +66,7 @@ class ExchangeSubmit(Exchange, abc.ExchangeSubmit):
 
     def copy_files(self):
         course, assignment = self.coursedir.course_id, self.coursedir.assignment_id
-        path = f"courses/{_q(course)}/assignments/{_q(assignment)}/submissions"
+        path = f"courses/{url_part(course)}/assignments/{url_part(assignment)}/submissions"
         self.log.info(f"Source: {self.src_path}")
         self.log.info(f"Destination: {self.web_url(path)}")
         self.check_filename_diff()
