@@ -12,6 +12,7 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -53,7 +54,7 @@ class Exchange(abc.Exchange):
     def _default_token(self) -> str:
         return os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
-    def start(self):
+    def start(self) -> None:
         if sys.platform == "win32":
             self.fail("Sorry, the exchange is not available on Windows.")
         if not self.url:
@@ -105,7 +106,7 @@ class Exchange(abc.Exchange):
         if size > limit:
             self.fail(f"Too large for the exchange: {size} bytes compressed, the limit is {limit} bytes.")
 
-    def api_json(self, method: str, path: str, **kwargs) -> dict:
+    def api_json(self, method: str, path: str, **kwargs: Any) -> dict:
         return self.api(method, path, **kwargs).json()
 
     def whoami(self) -> dict:

@@ -17,7 +17,7 @@ SAFE_NAME = re.compile(r"^[^/\x00]+$")
 
 
 class ExchangeCollect(Exchange, abc.ExchangeCollect):
-    def init_src(self):
+    def init_src(self) -> None:
         from nbgrader.api import Gradebook, MissingEntry
 
         cd = self.coursedir
@@ -52,10 +52,10 @@ class ExchangeCollect(Exchange, abc.ExchangeCollect):
                 chosen = on_time[0] if on_time else chosen
             self.src_records.append(chosen)
 
-    def init_dest(self):
+    def init_dest(self) -> None:
         pass
 
-    def copy_files(self):
+    def copy_files(self) -> None:
         cd = self.coursedir
         if not self.src_records:
             self.log.warning(f"No submissions of '{cd.assignment_id}' for course '{cd.course_id}' to collect")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Iterable
 
 from nbgrader.exchange import abc
 
@@ -13,7 +14,7 @@ from atlaslab.grading.client.base import Exchange, url_part
 
 
 class ExchangeFetchAssignment(Exchange, abc.ExchangeFetchAssignment):
-    def init_src(self):
+    def init_src(self) -> None:
         course, assignment = self.coursedir.course_id, self.coursedir.assignment_id
         if course == "":
             self.fail("No course id specified. Re-run with --course flag.")
@@ -27,7 +28,7 @@ class ExchangeFetchAssignment(Exchange, abc.ExchangeFetchAssignment):
             },
         )
 
-    def init_dest(self):
+    def init_dest(self) -> None:
         root = (
             os.path.join(self.coursedir.course_id, self.coursedir.assignment_id)
             if self.path_includes_course
@@ -37,7 +38,7 @@ class ExchangeFetchAssignment(Exchange, abc.ExchangeFetchAssignment):
         if os.path.isdir(self.dest_path) and not self.replace_missing_files:
             self.fail(f"You already have a copy of the assignment in this directory: {root}")
 
-    def copy_files(self):
+    def copy_files(self) -> None:
         self.log.info(f"Source: {self.web_url(self.src_path)}")
         self.log.info(f"Destination: {self.dest_path}")
         data = self.download(self.src_path + "/archive", self.record["sha256"])
@@ -52,7 +53,9 @@ class ExchangeFetchAssignment(Exchange, abc.ExchangeFetchAssignment):
             shutil.rmtree(tmp, ignore_errors=True)
         self.log.info(f"Fetched as: {self.coursedir.course_id} {self.coursedir.assignment_id}")
 
-    def copy_if_missing(self, src: str, dest: str, ignore=None) -> None:
+    def copy_if_missing(
+        self, src: str, dest: str, ignore: Callable[[str, list[str]], Iterable[str]] | None = None
+    ) -> None:
         names = sorted(os.listdir(src))
         if ignore:
             names = sorted(set(names) - set(ignore(src, names)))

@@ -14,7 +14,7 @@ from atlaslab.grading.exchange.archive import ArchiveError, read_files
 
 
 class ExchangeFetchFeedback(Exchange, abc.ExchangeFetchFeedback):
-    def init_src(self):
+    def init_src(self) -> None:
         cd = self.coursedir
         if cd.course_id == "":
             self.fail("No course id specified. Re-run with --course flag.")
@@ -33,12 +33,12 @@ class ExchangeFetchFeedback(Exchange, abc.ExchangeFetchFeedback):
                     f" submitted at {self.format_timestamp(record['timestamp'])}"
                 )
 
-    def init_dest(self):
+    def init_dest(self) -> None:
         self.dest_path = os.path.abspath(
             os.path.join(self.local_assignment_dir(self.coursedir.course_id, self.coursedir.assignment_id), "feedback")
         )
 
-    def copy_files(self):
+    def copy_files(self) -> None:
         self.log.info(f"Source: {self.src_path}")
         self.log.info(f"Destination: {self.dest_path}")
         for record in self.records:

@@ -20,10 +20,10 @@ def _sha256(path: str) -> str:
 
 
 class ExchangeList(abc.ExchangeList, Exchange):
-    def init_src(self):
+    def init_src(self) -> None:
         pass
 
-    def init_dest(self):
+    def init_dest(self) -> None:
         cd = self.coursedir
         course = cd.course_id or None
         assignment = cd.assignment_id or None
@@ -41,7 +41,7 @@ class ExchangeList(abc.ExchangeList, Exchange):
             params = {k: v for k, v in (("course", course), ("assignment", assignment)) if v}
             self.records = self.api_json("GET", "assignments", params=params)["assignments"]
 
-    def copy_files(self):
+    def copy_files(self) -> None:
         pass
 
     def format_inbound_assignment(self, info: dict) -> str:
@@ -145,7 +145,7 @@ class ExchangeList(abc.ExchangeList, Exchange):
             for key, submissions in sorted(groups.items())
         ]
 
-    def list_files(self):
+    def list_files(self) -> list[dict]:
         assignments = self.parse_assignments()
         if self.inbound or self.cached:
             self.log.info("Submitted assignments:")
@@ -158,7 +158,7 @@ class ExchangeList(abc.ExchangeList, Exchange):
                 self.log.info(self.format_outbound_assignment(info))
         return assignments
 
-    def remove_files(self):
+    def remove_files(self) -> list[dict]:
         if self.inbound or self.cached:
             self.fail("The exchange keeps every submission: submissions cannot be removed.")
         assignments = self.parse_assignments()

@@ -13,7 +13,7 @@ from atlaslab.grading.client.base import Exchange, url_part
 
 
 class ExchangeReleaseAssignment(Exchange, abc.ExchangeReleaseAssignment):
-    def init_src(self):
+    def init_src(self) -> None:
         cd = self.coursedir
         self.src_path = cd.format_path(cd.release_directory, ".", cd.assignment_id)
         if not os.path.isdir(self.src_path):
@@ -25,7 +25,7 @@ class ExchangeReleaseAssignment(Exchange, abc.ExchangeReleaseAssignment):
                 )
             self.fail(f"Assignment not found at: {self.src_path}")
 
-    def init_dest(self):
+    def init_dest(self) -> None:
         if self.coursedir.course_id == "":
             self.fail("No course id specified. Re-run with --course flag.")
 
@@ -42,7 +42,7 @@ class ExchangeReleaseAssignment(Exchange, abc.ExchangeReleaseAssignment):
         # The gradebook keeps naive UTC.
         return due.replace(tzinfo=UTC) if due is not None and due.tzinfo is None else due
 
-    def copy_files(self):
+    def copy_files(self) -> None:
         course, assignment = self.coursedir.course_id, self.coursedir.assignment_id
         self.log.info(f"Source: {self.src_path}")
         self.log.info(f"Destination: {self.web_url(f'courses/{url_part(course)}/assignments/{url_part(assignment)}')}")

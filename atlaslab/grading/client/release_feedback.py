@@ -18,15 +18,15 @@ from atlaslab.grading.exchange.archive import pack_files
 
 
 class ExchangeReleaseFeedback(Exchange, abc.ExchangeReleaseFeedback):
-    def init_src(self):
+    def init_src(self) -> None:
         cd = self.coursedir
         self.src_path = cd.format_path(cd.feedback_directory, cd.student_id or "*", cd.assignment_id)
 
-    def init_dest(self):
+    def init_dest(self) -> None:
         if self.coursedir.course_id == "":
             self.fail("No course id specified. Re-run with --course flag.")
 
-    def copy_files(self):
+    def copy_files(self) -> None:
         cd = self.coursedir
         exclude = set(cd.student_id_exclude.split(",")) if cd.student_id_exclude else set()
         student_dir = cd.format_path(cd.feedback_directory, "(?P<student_id>.*)", cd.assignment_id, escape=True)

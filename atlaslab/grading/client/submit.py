@@ -14,7 +14,7 @@ from atlaslab.grading.client.base import Exchange, url_part
 
 
 class ExchangeSubmit(Exchange, abc.ExchangeSubmit):
-    def init_src(self):
+    def init_src(self) -> None:
         if self.path_includes_course:
             root = os.path.join(self.coursedir.course_id, self.coursedir.assignment_id)
         else:
@@ -24,7 +24,7 @@ class ExchangeSubmit(Exchange, abc.ExchangeSubmit):
         if not os.path.isdir(self.src_path):
             self.fail(f"Assignment not found at: {self.src_path}")
 
-    def init_dest(self):
+    def init_dest(self) -> None:
         course, assignment = self.coursedir.course_id, self.coursedir.assignment_id
         if course == "":
             self.fail("No course id specified. Re-run with --course flag.")
@@ -40,7 +40,7 @@ class ExchangeSubmit(Exchange, abc.ExchangeSubmit):
             on={403: "You do not have access to this course.", 404: f"Assignment not found: {course} {assignment}"},
         )
 
-    def check_filename_diff(self):
+    def check_filename_diff(self) -> None:
         released = sorted(f["path"] for f in self.release["files"] if f["path"].endswith(".ipynb"))
         ignored = self.coursedir.ignore
         submitted = [
@@ -64,7 +64,7 @@ class ExchangeSubmit(Exchange, abc.ExchangeSubmit):
                 f"{self.coursedir.assignment_id}:\n{diff}"
             )
 
-    def copy_files(self):
+    def copy_files(self) -> None:
         course, assignment = self.coursedir.course_id, self.coursedir.assignment_id
         path = f"courses/{url_part(course)}/assignments/{url_part(assignment)}/submissions"
         self.log.info(f"Source: {self.src_path}")
