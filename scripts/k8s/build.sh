@@ -12,7 +12,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${ATLASLAB_K8S_CACHE:-/var/cache/atlaslab-k8s}"
 k8s_bin="$cache/k8s-$K8S_VERSION/bin"
 kwok_bin="$cache/kwok-$KWOK_VERSION/bin"
-components=(kube-apiserver kube-controller-manager kube-scheduler)
+# etcd: the server release Kubernetes $K8S_VERSION itself requires (go.etcd.io/etcd/server/v3), built in the same
+# scratch module. Debian's etcd-server (3.4.23 on bookworm) cannot answer watch progress requests, so the API server
+# refuses the streaming lists that KWOK's client asks for and KWOK's informers go stale (docs/kubernetes.md).
+components=(kube-apiserver kube-controller-manager kube-scheduler etcd)
 
 missing=()
 for c in "${components[@]}"; do [ -x "$k8s_bin/$c" ] || missing+=("$c"); done
@@ -81,6 +84,19 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 )
 GO
+    mkdir -p "$src/cmd/etcd"
+    cat > "$src/cmd/etcd/main.go" <<'GO'
+// Command etcd is etcd's own server main, at the release Kubernetes requires.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
     with_progress "go mod tidy (downloads modules)" bash -c "cd '$src' && go mod tidy"
     touch "$src/go.sum.done"
   fi
@@ -91,7 +107,9 @@ GO
   for c in "${components[@]}"; do
     [ -x "$k8s_bin/$c" ] && continue
     echo "==> building $c $K8S_VERSION ($(elapsed) s so far)"
-    with_progress "$c" bash -c "cd '$src' && go build -trimpath -ldflags '$ld' -o '$k8s_bin/.$c.tmp' k8s.io/kubernetes/cmd/$c"
+    local pkg_path="k8s.io/kubernetes/cmd/$c"
+    [ "$c" = etcd ] && pkg_path=./cmd/etcd
+    with_progress "$c" bash -c "cd '$src' && go build -trimpath -ldflags '$ld' -o '$k8s_bin/.$c.tmp' $pkg_path"
     mv "$k8s_bin/.$c.tmp" "$k8s_bin/$c"
   done
 }
