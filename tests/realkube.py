@@ -4,7 +4,7 @@ kube-scheduler and KWOK (fake nodes), with RBAC and admission as a cluster has t
 The binaries (etcd at the release Kubernetes requires included) are built once per version by
 ``scripts/k8s/build.sh`` (``scripts/install.sh --test`` runs it) into ``$ATLASLAB_K8S_CACHE`` (default
 ``/var/cache/atlaslab-k8s``). No container
-runs: KWOK marks pods on its nodes Running, with an address from the node's pod CIDR (``127.1.N.0/24``, loopback,
+runs: KWOK marks pods on its nodes Running, with an address from the node's pod CIDR (``127.X.N.0/24``, loopback,
 so a test can serve a pod's "container" itself on that address).
 
 From a shell (a developer's cluster, left running; the tests reuse it)::
@@ -22,6 +22,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -255,6 +256,8 @@ class ControlPlane:
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     owner: str = "tests"  # "cli": started by `realkube.py up`, left running for reuse
+    # Pods get loopback addresses 127.<pod_net>.<node>.<n>; another control plane on this machine picks another.
+    pod_net: int = field(default_factory=lambda: random.randint(64, 254))
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -386,7 +389,7 @@ class ControlPlane:
             str(bins["kwok"]), f"--kubeconfig={self.run / 'kwok.kubeconfig'}",
             f"--config={SCRIPTS / 'kwok-stages.yaml'}",
             "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            "--node-ip=127.0.0.1", "--cidr=127.1.255.0/24", "--node-lease-duration-seconds=40",
+            "--node-ip=127.0.0.1", f"--cidr=127.{self.pod_net}.255.0/24", "--node-lease-duration-seconds=40",
             f"--server-address=127.0.0.1:{self.ports['kwok']}",
         ])  # fmt: skip
 
@@ -396,8 +399,8 @@ class ControlPlane:
             return bool(admin.get("/api/v1/namespaces/default/serviceaccounts/default", ok404=True))
 
         admin.wait("the default ServiceAccount (kube-controller-manager)", default_service_account, timeout=90)
-        for node in NODES:
-            admin.apply("/api/v1/nodes", node_object(**node))
+        for i, node in enumerate(NODES):
+            admin.apply("/api/v1/nodes", node_object(**node, cidr=f"127.{self.pod_net}.{i}.0/24"))
         for node in NODES:
             admin.wait(f"node {node['name']} Ready", lambda n=node["name"]: node_ready(admin, n), timeout=90)
         self.timings["all"] = round(time.monotonic() - t0, 2)
@@ -468,23 +471,20 @@ GPU_TAINT = {"key": "nvidia.com/gpu", "effect": "NoSchedule", "value": "present"
 # one MIG 1g.10gb slice (so one placeholder fills it and a user's server must evict it) and whole GPUs, and a node
 # with time-sliced ("shared") GPUs.
 NODES: list[dict[str, Any]] = [
-    {"name": "system-0", "cidr": "127.1.0.0/24", "labels": {"node-pool": "system"}},
+    {"name": "system-0", "labels": {"node-pool": "system"}},
     {
         "name": "students-0",
-        "cidr": "127.1.1.0/24",
         "labels": {"node-pool": "students"},
         "taints": [{"key": "dedicated", "value": "students", "effect": "NoSchedule"}],
     },
     {
         "name": "gpu-a100-0",
-        "cidr": "127.1.2.0/24",
         "labels": {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "A100-SXM4-80GB"},
         "taints": [GPU_TAINT],
         "extra": {"nvidia.com/gpu": "4", "nvidia.com/mig-1g.10gb": "1"},
     },
     {
         "name": "gpu-shared-0",
-        "cidr": "127.1.3.0/24",
         "labels": {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "NVIDIA-L4-SHARED"},
         "taints": [GPU_TAINT],
         "extra": {"nvidia.com/gpu.shared": "8"},

@@ -11,10 +11,17 @@ nothing enforces them (docs/kubernetes.md says what this covers and what only a 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
+import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 import yaml
 from kube_real_support import (
@@ -168,7 +175,9 @@ def hub_config(release, plane: ControlPlane, admin: Kube, tmp_path_factory):
     relocate_mounts(tmp / "root", config_dir)
     [container] = [c for c in pod["spec"]["containers"] if c["name"] == "hub"]
     env = container_env(admin, pod, container)
-    assert env["ATLASLAB_POD_IP"] == pod["status"]["podIP"] and env["ATLASLAB_POD_IP"].startswith("127.1.0.")
+    assert env["ATLASLAB_POD_IP"] == pod["status"]["podIP"] and env["ATLASLAB_POD_IP"].startswith(
+        f"127.{plane.pod_net}.0."
+    )
     # The hub's volume (/srv/jupyterhub) is a directory of this test's; the site is where the pod mounts it.
     env["ATLASLAB_STATE_DIR"] = str(tmp / "srv" / "atlaslab")
     env["ATLASLAB_SITE_DIR"] = str(files["/etc/atlaslab"])
@@ -316,6 +325,157 @@ async def test_a_gpu_server_over_the_tenants_quota_is_refused_with_the_reason(hu
         for reflector in list(KubeSpawner.reflectors.values()):
             await reflector.stop()
         KubeSpawner.reflectors.clear()
+
+
+# --- the hub process itself, on this machine ----------------------------------------------------------------------
+
+HOST_CONFIG = """
+# (appended by tests/test_kube_real.py, after z2jh's config and AtlasLab's extraConfig)
+# The hub pod's network on this machine: no container runtime, so the hub and proxy "pods" are processes here,
+# listening on the addresses KWOK gave their pods (loopback). Everything else is the pod's own config.
+c.JupyterHub.hub_bind_url = "http://{hub}:8081"
+c.JupyterHub.hub_connect_url = "http://{hub}:8081"
+c.ConfigurableHTTPProxy.api_url = "http://{proxy}:8001"
+# Hub-managed services (credits, autograder, formgraders, idle culler) would run as processes of this machine,
+# not of the hub pod: registered, not started here (test_kube_incluster.py checks their addresses).
+for s in c.JupyterHub.services:
+    s.pop("command", None)
+c.JupyterHub.services.append({{"name": "test-admin", "api_token": "{token}"}})
+c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, {{"name": "test-admin", "services": ["test-admin"],
+    "scopes": ["admin:users", "admin:servers", "admin:groups", "read:users"]}}]
+"""
+
+
+def serve_http(address: str, port: int) -> object:
+    """What a started user container would do first: answer HTTP on its pod address."""
+    import http.server
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((address, port), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def spawn_failure(api: httpx.Client, name: str) -> str:
+    """The message of a failed spawn as the user's spawn page reads it (the hub's progress event stream)."""
+    with api.stream("GET", f"/users/{name}/server/progress") as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                event = json.loads(line.removeprefix("data:"))
+                if event.get("failed") or event.get("ready"):
+                    return event.get("message", "")
+    raise AssertionError(f"no end to {name}'s spawn in its progress stream")
+
+
+def test_the_hub_process_spawns_with_its_service_account_token(release, plane: ControlPlane, admin: Kube,
+                                                                tmp_path) -> None:  # fmt: skip
+    [pod] = running_pods(admin, NAMESPACE, "component=hub")
+    [proxy_pod] = running_pods(admin, NAMESPACE, "component=proxy")
+    hub_ip, proxy_ip = pod["status"]["podIP"], proxy_pod["status"]["podIP"]
+    files = hub_pod_files(admin, pod, tmp_path / "root")
+    config_dir = files["/usr/local/etc/jupyterhub/config/"].parent
+    relocate_mounts(tmp_path / "root", config_dir)
+    token = "test-admin-" + os.urandom(8).hex()
+    config_file = config_dir / "jupyterhub_config.py"
+    config_file.write_text(config_file.read_text() + HOST_CONFIG.format(hub=hub_ip, proxy=proxy_ip, token=token))
+    [container] = [c for c in pod["spec"]["containers"] if c["name"] == "hub"]
+    env = container_env(admin, pod, container)
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    kubeconfig = plane.token_kubeconfig(service_account_token(admin, NAMESPACE, "hub", pod), tmp_path / "kubeconfig")
+    env.update({"ATLASLAB_STATE_DIR": str(srv / "atlaslab"), "ATLASLAB_SITE_DIR": str(files["/etc/atlaslab"]),
+                "KUBECONFIG": str(kubeconfig), "PATH": os.environ["PATH"], "HOME": str(srv),
+                "PYTHONPATH": str(CHART.parent.parent)})  # fmt: skip
+    chp = Path(sys.executable).parents[2] / "bin" / "configurable-http-proxy"
+    chp_path = str(chp) if chp.exists() else shutil.which("configurable-http-proxy")
+    assert chp_path, "configurable-http-proxy: run scripts/install.sh"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs = []
+    with contextlib.ExitStack() as files_open:
+        proxy_log = files_open.enter_context(open(logs / "proxy.log", "wb"))
+        hub_log_file = files_open.enter_context(open(logs / "hub.log", "wb"))
+        # The proxy pod: z2jh's proxy runs configurable-http-proxy with the token from the hub's Secret.
+        procs.append(subprocess.Popen(
+            [chp_path, "--ip", proxy_ip, "--port", "8000", "--api-ip", proxy_ip, "--api-port", "8001",
+             "--default-target", f"http://{hub_ip}:8081", "--error-target", f"http://{hub_ip}:8081/hub/error"],
+            env={"PATH": os.environ["PATH"], "CONFIGPROXY_AUTH_TOKEN": env["CONFIGPROXY_AUTH_TOKEN"]},
+            stdout=proxy_log, stderr=subprocess.STDOUT))  # fmt: skip
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", str(config_file)], cwd=srv, env=env,
+            stdout=hub_log_file, stderr=subprocess.STDOUT))  # fmt: skip
+    try:
+        api = httpx.Client(base_url=f"http://{proxy_ip}:8000/hub/api", headers={"Authorization": f"token {token}"},
+                           timeout=30)  # fmt: skip
+
+        def hub_log() -> str:
+            return (logs / "hub.log").read_text(errors="replace")[-4000:]
+
+        def up() -> bool:
+            assert procs[1].poll() is None, hub_log()
+            try:
+                return api.get("/").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        admin.wait("the hub answering through the proxy", up, timeout=90, every=0.5)
+        for name in ("rayan", "salma"):
+            assert api.post(f"/users/{name}").status_code in (201, 409)
+        r = api.post("/groups/tenant:rnd/users", json={"users": ["rayan", "salma"]})
+        assert r.status_code == 200, r.text
+        r = api.post("/users/rayan/server", json={"profile": "gpu-two"})
+        assert r.status_code in (201, 202), r.text
+        # The "container": KWOK marks the pod Running; the test answers on the pod's address, as the server would.
+        found = admin.wait(
+            "rayan's pod running",
+            lambda: running_pods(admin, f"{PREFIX}rnd", "hub.jupyter.org/username=rayan"),
+            timeout=60,
+        )
+        user_pod = found[0]
+        assert user_pod["spec"]["nodeName"] == "gpu-a100-0"
+        assert notebook(user_pod)["resources"]["limits"]["nvidia.com/gpu"] == "2"
+        answering = serve_http(user_pod["status"]["podIP"], 8888)
+        try:
+            server = lambda: api.get("/users/rayan").json()["servers"].get("", {})  # noqa: E731
+            ready = admin.wait("rayan's server ready in the hub", lambda: server().get("ready"), timeout=90)
+            assert ready is True
+            # Over the tenant's quota: the hub refuses at once, and the user reads why.
+            r = api.post("/users/salma/server", json={"profile": "gpu-two"})
+            assert r.status_code in (201, 202, 403), r.text
+            message = r.text if r.status_code == 403 else spawn_failure(api, "salma")
+            assert "All 2 nvidia.com/gpu of tenant rnd are in use (2 taken)" in message, message
+            assert not pods(admin, f"{PREFIX}rnd", "hub.jupyter.org/username=salma")
+            r = api.delete("/users/rayan/server")
+            assert r.status_code in (202, 204), r.text
+            admin.wait(
+                "rayan's pod gone",
+                lambda: not pods(admin, f"{PREFIX}rnd", "hub.jupyter.org/username=rayan"),
+                timeout=60,
+            )
+        finally:
+            answering.shutdown()
+        # The hub watched pods and events with its own token: the API server refused it nothing.
+        full = (logs / "hub.log").read_text(errors="replace")
+        assert "system:serviceaccount:atlaslab:hub" not in full, full[-4000:]
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 # --- upgrade and uninstall ----------------------------------------------------------------------------------------
