@@ -71,6 +71,13 @@ def helm(plane: ControlPlane, tmp_path_factory) -> Helm:
     return Helm(plane, tmp_path_factory.mktemp("helm-home"))
 
 
+def leftover(helm: Helm, admin: Kube, release: str, namespace: str) -> None:
+    """A release an interrupted session left on a reused control plane goes first."""
+    if helm("status", release, "-n", namespace, ok=False).returncode == 0:
+        helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "120s", ok=False)
+        release_storage(admin)
+
+
 @pytest.fixture(scope="module")
 def release(plane: ControlPlane, admin: Kube, helm: Helm, tmp_path_factory) -> SimpleNamespace:
     """The chart with the GPU/MIG values, installed (`helm install --wait`)."""
@@ -85,6 +92,7 @@ def release(plane: ControlPlane, admin: Kube, helm: Helm, tmp_path_factory) -> S
     })  # fmt: skip
     values = with_here(yaml.safe_load((CHART / "ci" / "gpu-mig-values.yaml").read_text()))
     path = write_values(tmp / "values.yaml", values)
+    leftover(helm, admin, RELEASE, NAMESPACE)
     helm("install", RELEASE, str(chart), "-n", NAMESPACE, "-f", str(path), "--wait", "--timeout", "240s")
     yield SimpleNamespace(chart=chart, values=values, path=path, tmp=tmp)
     if helm("status", RELEASE, "-n", NAMESPACE, ok=False).returncode == 0:
@@ -534,6 +542,7 @@ def example(plane: ControlPlane, admin: Kube, helm: Helm, tmp_path_factory) -> S
     values = with_here({"atlaslab": site, "siteFiles": {"roster/ml-foundations.csv": roster},
                         "gateway": {"enabled": True}})  # fmt: skip
     path = write_values(tmp / "values.yaml", values)
+    leftover(helm, admin, EXAMPLE, EXAMPLE_NS)
     helm("install", EXAMPLE, str(chart), "-n", EXAMPLE_NS, "--create-namespace", "-f", str(path), "--wait",
          "--timeout", "240s")  # fmt: skip
     yield SimpleNamespace(chart=chart, values=values, site=site)
