@@ -106,7 +106,7 @@ GO
   ld="$ld -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X $pkg.buildDate=1970-01-01T00:00:00Z"
   for c in "${components[@]}"; do
     [ -x "$k8s_bin/$c" ] && continue
-    echo "==> building $c $K8S_VERSION ($(elapsed) s so far)"
+    echo "==> building $c for Kubernetes $K8S_VERSION ($(elapsed) s so far)"
     local pkg_path="k8s.io/kubernetes/cmd/$c"
     [ "$c" = etcd ] && pkg_path=./cmd/etcd
     with_progress "$c" bash -c "cd '$src' && go build -trimpath -ldflags '$ld' -o '$k8s_bin/.$c.tmp' $pkg_path"
