@@ -164,6 +164,30 @@ def test_the_hubs_service_account_may_do_what_the_hub_needs_and_no_more(release,
     assert refused.value.status == 403
 
 
+def test_placeholder_schedules_scale_with_their_own_account(release, plane: ControlPlane, admin: Kube) -> None:
+    """What each CronJob's pod runs (its image's kubectl, its arguments), with its service account's token."""
+    beside = Path(sys.executable).parents[2] / "bin" / "kubectl"
+    kubectl = str(beside) if beside.exists() else shutil.which("kubectl")
+    assert kubectl, "no kubectl: run scripts/install.sh --test (it installs one into PREFIX/bin)"
+    crons = admin.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/cronjobs")["items"]
+    jobs = {c["metadata"]["name"]: c["spec"]["jobTemplate"]["spec"]["template"]["spec"] for c in crons}
+    selector = "app.kubernetes.io/component=placeholder,atlaslab.io/environment=gpu-shared"
+    for name, count in (("placeholder-gpu-shared-0-up", 8), ("placeholder-gpu-shared-0-down", 1)):
+        job = jobs[name]
+        token = service_account_token(admin, NAMESPACE, job["serviceAccountName"])
+        [container] = job["containers"]
+        r = subprocess.run(
+            [kubectl, *container["args"], "--kubeconfig", "/dev/null", "--server", plane.server, "--token", token,
+             "--certificate-authority", str(plane.pki / "ca.crt"), "-n", NAMESPACE],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, f"{name}: {r.stdout}{r.stderr}"
+        # The shared-GPU node has 8 seats: all 8 placeholders fit, then one stays.
+        admin.wait(f"{count} gpu-shared placeholders after {name}",
+                   lambda n=count: len(running_pods(admin, NAMESPACE, selector)) == n
+                   and len(pods(admin, NAMESPACE, selector)) == n)  # fmt: skip
+
+
 # --- the hub's KubeSpawner, configured as in the hub pod ---------------------------------------------------------
 
 
