@@ -352,6 +352,14 @@ async def test_a_gpu_server_over_the_tenants_quota_is_refused_with_the_reason(hu
         assert refused.value.status == 403
         assert "exceeded quota: atlaslab-gpus" in str(refused.value), refused.value
         assert "requests.nvidia.com/gpu=2" in str(refused.value)
+        # A hand-made pod larger than the tenant's largest environment: the LimitRange refuses it.
+        big = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "too-big"},
+               "spec": {"containers": [{"name": "x", "image": "x",
+                                        "resources": {"limits": {"cpu": "64", "memory": "8Gi"}}}]}}  # fmt: skip
+        with pytest.raises(ApiError) as refused:
+            hub.create(f"/api/v1/namespaces/{PREFIX}campus/pods", big)
+        assert refused.value.status == 403
+        assert "maximum cpu usage per Container is 2, but limit is 64" in str(refused.value), refused.value
     finally:
         await stop_all(started)
         for reflector in list(KubeSpawner.reflectors.values()):
