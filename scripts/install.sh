@@ -55,8 +55,14 @@ mkdir -p "$prefix/bin"
 if [ $test_extras = 1 ]; then
   step "Installing the workbench panel's build tools (its TypeScript tests)"
   (cd "$repo/lab_extensions/atlaslab-workbench" && npm ci --no-audit --no-fund --loglevel=error)
-  step "Installing helm for the chart tests"
+  step "Installing helm and kubectl for the chart tests"
   "$prefix/venv/bin/python" "$repo/scripts/fetch_helm.py" "$prefix"
+  step "Building the test Kubernetes control plane (once per version, cached in ${ATLASLAB_K8S_CACHE:-/var/cache/atlaslab-k8s})"
+  if command -v go >/dev/null; then
+    "$repo/scripts/k8s/build.sh"
+  else
+    echo "warning: no Go toolchain: the real-cluster tests (tests/test_kube_real.py) cannot run here" >&2
+  fi
 fi
 ln -sf "$repo/node_modules/.bin/configurable-http-proxy" "$prefix/bin/configurable-http-proxy"
 ln -sf "$prefix/venv/bin/atlaslab" "$prefix/bin/atlaslab"

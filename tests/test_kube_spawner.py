@@ -127,6 +127,17 @@ def test_a_gpu_server_over_the_tenants_quota_is_refused_with_the_reason() -> Non
     assert message and "no nvidia.com/mig-1g.10gb in its quota" in message
     # Resources the quota does not cover are Kubernetes' business.
     assert kube.quota_refusal("rnd", hard, used, {"example.com/fpga": "1"}) is None
+    # The API server answers in canonical quantities: the chart's "1000" shared seats read back as "1k".
+    served = {"requests.nvidia.com/gpu.shared": "1k", "requests.nvidia.com/gpu": "0"}
+    assert (
+        kube.quota_refusal("campus", served, {"requests.nvidia.com/gpu.shared": "999"}, {"nvidia.com/gpu.shared": "1"})
+        is None
+    )
+    message = kube.quota_refusal(
+        "campus", served, {"requests.nvidia.com/gpu.shared": "1k"}, {"nvidia.com/gpu.shared": "1"}
+    )
+    assert message and "All 1000 nvidia.com/gpu.shared of tenant campus are in use (1000 taken)" in message
+    assert [kube.quantity(q) for q in ("2", "1k", "1Ki", "500m", "1e3")] == [2, 1000, 1024, 0.5, 1000]
 
 
 async def test_each_users_pod_and_image_default_to_their_tenants_language(tmp_path, monkeypatch) -> None:

@@ -7,6 +7,7 @@ hand them to KubeSpawner and dask-gateway-server.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from atlaslab.config import LoadedConfig
@@ -103,15 +104,34 @@ def tenant_namespace(groups: list[str], prefix: str, default: str) -> str:
     return f"{prefix}{tenant}" if tenant else default
 
 
+# Suffixes of a Kubernetes quantity (resource.Quantity): binary, decimal, and milli.
+_QUANTITY_SUFFIXES = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
+    "m": Decimal("0.001"),
+}
+
+
+def quantity(text: str | int) -> Decimal:
+    """A Kubernetes quantity as a number. The API server answers in its canonical form (a quota of ``1000`` reads
+    back as ``1k``), so a count in a ResourceQuota's status is not always a plain integer."""
+    text = str(text).strip()
+    for suffix in sorted(_QUANTITY_SUFFIXES, key=len, reverse=True):
+        if text.endswith(suffix) and text[: -len(suffix)]:
+            return Decimal(text[: -len(suffix)]) * _QUANTITY_SUFFIXES[suffix]
+    return Decimal(text)  # plain or with an exponent (1e3)
+
+
 def quota_refusal(tenant: str, hard: dict[str, str], used: dict[str, str], wanted: dict[str, str]) -> str | None:
     """Why a pod asking for ``wanted`` extended resources would exceed the tenant's ResourceQuota, or None."""
     for resource, count in wanted.items():
-        limit = hard.get(f"requests.{resource}")
-        if limit is None:
+        limit_text = hard.get(f"requests.{resource}")
+        if limit_text is None:
             continue
-        taken = int(used.get(f"requests.{resource}", "0"))
-        if taken + int(count) > int(limit):
-            if int(limit) == 0:
+        limit = quantity(limit_text)
+        taken = quantity(used.get(f"requests.{resource}", "0"))
+        if taken + quantity(count) > limit:
+            if limit == 0:
                 return f"Tenant {tenant} has no {resource} in its quota. Start another environment."
             return (
                 f"All {limit} {resource} of tenant {tenant} are in use ({taken} taken). Start a CPU environment,"
