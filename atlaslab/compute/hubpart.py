@@ -10,12 +10,9 @@
 
 from __future__ import annotations
 
-import sys
-
 from atlaslab.config import LoadedConfig
 from atlaslab.core import ports
-from atlaslab.core.accounts import server_path
-from atlaslab.core.hubpart import HubPart, access_scope
+from atlaslab.core.hubpart import HubPart, access_scope, site_service
 from atlaslab.core.state import StateDir
 
 CREDITS_SERVICE = "credits"
@@ -28,16 +25,7 @@ def has_budgets(loaded: LoadedConfig) -> bool:
 
 
 def credits_service(loaded: LoadedConfig) -> dict:
-    return {
-        "name": CREDITS_SERVICE,
-        "url": f"http://127.0.0.1:{ports.service_port(loaded, ports.CREDITS)}",
-        "command": [sys.executable, "-m", "atlaslab.compute.service"],
-        "display": False,
-        "environment": {
-            "ATLASLAB_CONFIG": str(loaded.source.resolve()) if loaded.source else "",
-            "PATH": server_path(),
-        },
-    }
+    return site_service(loaded, CREDITS_SERVICE, ports.CREDITS, "atlaslab.compute.service")
 
 
 def hub_part(loaded: LoadedConfig, state: StateDir) -> HubPart:

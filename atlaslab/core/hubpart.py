@@ -9,9 +9,16 @@ which features are listed changes nothing and nothing is silently overwritten.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from . import ports
+from .accounts import server_path
+
+if TYPE_CHECKING:
+    from atlaslab.config import LoadedConfig
 
 # JupyterHub's default scopes of a server's own token (its 'server' role).
 SERVER_TOKEN_SCOPES = ("users:activity!user", "access:servers!server")
@@ -32,6 +39,21 @@ class HubPart:
     server_env: Mapping[str, Any] = field(default_factory=dict)
     # Traits of the local spawner (AtlasLabSpawner) this feature owns.
     spawner: Mapping[str, Any] = field(default_factory=dict)
+
+
+def site_service(loaded: LoadedConfig, name: str, offset: int, module: str, **env: str) -> dict:
+    """A hub-managed service of AtlasLab's own: ``python -m MODULE`` on its fixed port, reading the site config."""
+    return {
+        "name": name,
+        "url": f"http://127.0.0.1:{ports.service_port(loaded, offset)}",
+        "command": [sys.executable, "-m", module],
+        "display": False,
+        "environment": {
+            "ATLASLAB_CONFIG": str(loaded.source.resolve()) if loaded.source else "",
+            "PATH": server_path(),
+            **env,
+        },
+    }
 
 
 class PartConflict(ValueError):

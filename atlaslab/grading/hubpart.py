@@ -29,7 +29,7 @@ from pathlib import Path
 from atlaslab.config import LoadedConfig
 from atlaslab.core import ports
 from atlaslab.core.accounts import ensure_service_account, server_path
-from atlaslab.core.hubpart import HubPart, access_scope
+from atlaslab.core.hubpart import HubPart, access_scope, site_service
 from atlaslab.core.membership import STAFF_ROLES, course_group
 from atlaslab.core.state import StateDir, write_public
 from atlaslab.grading.courses import ensure_course_dir, grader_account
@@ -203,17 +203,13 @@ def autograder_url(loaded: LoadedConfig) -> str:
 
 def autograder_service(loaded: LoadedConfig) -> dict:
     """Runs `atlaslab grade` for the formgrader's Autograde button; as the hub's user, which the sandbox needs."""
-    return {
-        "name": AUTOGRADER_NAME,
-        "url": f"http://127.0.0.1:{ports.service_port(loaded, ports.AUTOGRADER)}",
-        "command": [sys.executable, "-m", "atlaslab.grading.service"],
-        "display": False,
-        "environment": {
-            "ATLASLAB_CONFIG": str(loaded.source.resolve()) if loaded.source else "",
-            "ATLASLAB_GRADE_STAFF_SERVICES": staff_services(loaded),
-            "PATH": server_path(),
-        },
-    }
+    return site_service(
+        loaded,
+        AUTOGRADER_NAME,
+        ports.AUTOGRADER,
+        "atlaslab.grading.service",
+        ATLASLAB_GRADE_STAFF_SERVICES=staff_services(loaded),
+    )
 
 
 def autograder_role(loaded: LoadedConfig) -> dict:
